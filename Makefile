@@ -1,0 +1,44 @@
+# confusion-exporter: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
+
+.DEFAULT_GOAL := help
+.PHONY: help install tools test lint format demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install the package with its test and dev tools
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+tools: ## install promtool and prometheus (Debian's prometheus package) when missing
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		echo "installing Debian's prometheus package (promtool, prometheus)"; \
+		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq prometheus >/dev/null; }
+
+test: install tools ## install what is needed and run every test (CI=true turns skips into failures)
+	$(BIN)/python -m pytest
+
+lint: install ## ruff, formatting and mypy
+	$(BIN)/ruff check exporter migrations tests benchmarks
+	$(BIN)/ruff format --check exporter migrations tests benchmarks
+	$(BIN)/mypy exporter/confusion_exporter
+
+format: install ## apply ruff's formatting and autofixes
+	$(BIN)/ruff format exporter migrations tests benchmarks
+	$(BIN)/ruff check --fix exporter migrations tests benchmarks
+
+demo: install ## run the product without Docker: embedded Postgres, simulator, exporter on :9745
+	$(BIN)/confusion-exporter demo
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache *.egg-info

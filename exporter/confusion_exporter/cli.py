@@ -1,0 +1,356 @@
+"""Command line: parse, call, map outcomes to exit codes (0 ok, 1 runtime failure, 2 config error)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from . import __version__
+from .config import (
+    Config,
+    ConfigError,
+    DatabaseUrl,
+    format_duration,
+    load_config,
+    parse_duration,
+    resolve_database_url,
+)
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+CONFIG_ENV = "CONFUSION_EXPORTER_CONFIG"
+EXPORTER_PASSWORD_ENV = "CONFUSION_EXPORTER_ROLE_PASSWORD"
+
+log = logging.getLogger("confusion_exporter")
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_ENV),
+        help=f"YAML configuration file (env {CONFIG_ENV})",
+    )
+
+
+def _database_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="database URL (default: env DATABASE_URL, then DATABASE_URL_FILE)",
+    )
+
+
+def _duration(value: str) -> timedelta:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _timestamp(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad timestamp {value!r}; use ISO 8601") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="confusion-exporter",
+        description="Export classifier confusion matrices from Postgres as Prometheus metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve /metrics, /healthz and / from a background refresher")
+    _config_arg(run)
+
+    snap = sub.add_parser("snapshot", help="compute one snapshot, print its exposition, exit")
+    _config_arg(snap)
+    snap.add_argument("--at", type=_timestamp, default=None, help="evaluate as of this instant (ISO 8601)")
+
+    check = sub.add_parser("check-config", help="validate the configuration and exit")
+    _config_arg(check)
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the reference schema (Alembic)")
+    _database_arg(migrate)
+    migrate.add_argument("--revision", default="head", help="target revision (default: head)")
+    migrate.add_argument("--downgrade", metavar="REVISION", help="reverse down to REVISION ('base': all)")
+    migrate.epilog = (
+        "If CONFUSION_EXPORTER_ROLE_PASSWORD is set, the exporter's read-only role "
+        "confusion_exporter gets that password after the upgrade."
+    )
+
+    sim = sub.add_parser("simulate", help="write realistic traffic into the reference schema")
+    _database_arg(sim)
+    sim.add_argument(
+        "--models", default="fraud-gbm,digits-rf,intent-router", help="comma-separated model profiles"
+    )
+    sim.add_argument("--rate", type=float, default=2.0, help="predictions per second per model")
+    sim.add_argument(
+        "--history",
+        type=_duration,
+        default=timedelta(0),
+        help="first backfill this much past traffic (e.g. 6h)",
+    )
+    sim.add_argument(
+        "--duration",
+        type=_duration,
+        default=None,
+        help="then run live for this long (default: until interrupted; 0s: no live phase)",
+    )
+    sim.add_argument("--tick", type=_duration, default=timedelta(seconds=1), help="live write interval")
+    sim.add_argument(
+        "--label-delay",
+        type=_duration,
+        default=timedelta(minutes=2),
+        help="mean delay before a label arrives",
+    )
+    sim.add_argument("--label-coverage", type=float, default=0.9, help="share of predictions ever labeled")
+    sim.add_argument(
+        "--shift-after",
+        type=_duration,
+        default=None,
+        help="inject an error-pattern shift this long after the live phase starts",
+    )
+    sim.add_argument(
+        "--shift-models",
+        default="digits-rf,fraud-gbm",
+        help="comma-separated models whose error pattern shifts",
+    )
+    sim.add_argument("--seed", type=int, default=0)
+
+    demo = sub.add_parser("demo", help="no Docker: embedded Postgres + simulator + exporter on :9745")
+    demo.add_argument("--data-dir", default=".demo/pgdata", help="embedded PostgreSQL data directory")
+    demo.add_argument("--history", type=_duration, default=timedelta(hours=3), help="traffic to backfill")
+    demo.add_argument(
+        "--shift-after",
+        type=_duration,
+        default=timedelta(minutes=3),
+        help="inject the error-pattern shift this long after start",
+    )
+    demo.add_argument("--rate", type=float, default=3.0, help="predictions per second per model")
+    return parser
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    if not args.config:
+        raise ConfigError([f"--config: no configuration file given; pass --config FILE or set {CONFIG_ENV}"])
+    return load_config(args.config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(
+        f"config ok: {len(config.sources)} source(s), {len(config.monitors)} monitor(s): "
+        + ", ".join(m.monitor_name for m in config.monitors)
+    )
+    return EXIT_OK
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from .exposition import HealthCollector, SnapshotCollector, render
+    from .refresher import Refresher
+
+    config = _load(args)
+    url = resolve_database_url(config)
+    at = args.at
+    refresher = Refresher(config, url, clock=(lambda: at) if at else _now)
+    try:
+        ok = refresher.refresh()
+    finally:
+        refresher.engine.dispose()
+    published = refresher.published
+    snapshot = published.snapshot
+    body = render(SnapshotCollector(snapshot)) if snapshot else b""
+    sys.stdout.buffer.write(body + render(HealthCollector(refresher.health)))
+    sys.stdout.flush()
+    if not ok:
+        for name, error in refresher.health.last_error.items():
+            print(f"monitor {name}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    return serve(config, resolve_database_url(config))
+
+
+def serve(config: Config, url: DatabaseUrl) -> int:
+    """Run the refresher and the HTTP server until SIGTERM or SIGINT."""
+    from . import logs
+    from .refresher import Refresher
+    from .web import make_server
+
+    settings = config.exporter
+    logs.setup(os.environ.get("CONFUSION_EXPORTER_LOG_LEVEL", settings.log_level))
+    refresher = Refresher(config, url)
+    server = make_server(settings.listen_address, settings.port, lambda: refresher.published, refresher.alive)
+    log.info(
+        "starting",
+        extra={
+            "fields": {
+                "version": __version__,
+                "listen": f"{settings.listen_address}:{server.server_address[1]}",
+                "database": url.redacted(),
+                "monitors": len(config.monitors),
+                "refresh_interval": format_duration(settings.refresh_interval),
+            }
+        },
+    )
+    refresher.start()
+    stopping = threading.Event()
+
+    def shutdown(signum: int, _frame: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        refresher.stop()
+    log.info("stopped")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.data_dir).resolve(), args.history, args.shift_after, args.rate)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from . import migrate
+
+    url = resolve_database_url(None, explicit=args.database_url)
+    if args.downgrade:
+        migrate.downgrade(url, args.downgrade)
+        log.info("downgraded", extra={"fields": {"revision": args.downgrade, "database": url.redacted()}})
+    else:
+        migrate.upgrade(url, args.revision)
+        log.info("migrated", extra={"fields": {"revision": args.revision, "database": url.redacted()}})
+        password = os.environ.get(EXPORTER_PASSWORD_ENV)
+        if password:
+            migrate.set_exporter_password(url, password)
+            log.info("exporter role password set", extra={"fields": {"role": migrate.EXPORTER_ROLE}})
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import SimulationSettings, Simulator
+    from .source.database import admin_engine
+
+    url: DatabaseUrl = resolve_database_url(None, explicit=args.database_url)
+    start = _now()
+    shift_at = start + args.shift_after if args.shift_after is not None else None
+    settings = SimulationSettings(
+        models=[m for m in args.models.split(",") if m],
+        rate_per_second=args.rate,
+        mean_label_delay=args.label_delay,
+        label_coverage=args.label_coverage,
+        shift_at=shift_at,
+        shift_models=[m for m in args.shift_models.split(",") if m],
+        seed=args.seed,
+    )
+    engine = admin_engine(url)
+    try:
+        simulator = Simulator(engine, settings)
+    except ValueError as exc:
+        print(f"--models: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.history > timedelta(0):
+        simulator.backfill(start - args.history, start)
+        log.info(
+            "backfilled",
+            extra={
+                "fields": {
+                    "history": format_duration(args.history),
+                    "predictions": simulator.written_predictions,
+                    "labels": simulator.written_labels,
+                }
+            },
+        )
+    until = None if args.duration is None else _now() + args.duration
+    if until is None or until > _now():
+        log.info(
+            "simulating live traffic",
+            extra={
+                "fields": {"shift_at": shift_at.isoformat() if shift_at else "never", "models": args.models}
+            },
+        )
+        simulator.run(_now, args.tick, until, stop.is_set)
+    log.info(
+        "simulation done",
+        extra={"fields": {"predictions": simulator.written_predictions, "labels": simulator.written_labels}},
+    )
+    engine.dispose()
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "snapshot": cmd_snapshot,
+    "check-config": cmd_check_config,
+    "migrate": cmd_migrate,
+    "simulate": cmd_simulate,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from . import logs
+
+    logs.setup(os.environ.get("CONFUSION_EXPORTER_LOG_LEVEL", "info"))
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:  # last resort: one line, no traceback with secrets in it
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            print(f"error: database: {_scrub(exc)}", file=sys.stderr)
+            return EXIT_FAILURE
+        raise
+
+
+def _scrub(error: BaseException) -> str:
+    from sqlalchemy.engine import make_url
+
+    message = " ".join(str(getattr(error, "orig", None) or error).split())
+    try:
+        password = make_url(os.environ.get("DATABASE_URL", "")).password
+    except Exception:
+        password = None
+    if password:
+        message = message.replace(str(password), "***")
+    return message[:500]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""Strict configuration models, loading and the errors they report.
+
+Only this module reads the config file. Every mistake becomes one line that names
+the key (``monitors[0].window: ...``) and says how to fix it; the CLI exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "CONFUSION_EXPORTER_"
+DATABASE_URL_ENV = "DATABASE_URL"
+DATABASE_URL_FILE_ENV = "DATABASE_URL_FILE"
+
+_DURATION_RE = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+DURATION_HINT = "use a whole number followed by ms, s, m, h, d or w (e.g. 30s, 5m, 1h, 7d)"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``problems`` holds one line per mistake."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Turn ``"90s"``/``"1h"``/``"7d"`` into a timedelta; reject anything else."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"expected a duration string, got {value!r}; {DURATION_HINT}")
+    match = _DURATION_RE.match(value.strip())
+    if not match:
+        raise ValueError(f"bad duration {value!r}; {DURATION_HINT}")
+    amount, unit = int(match.group(1)), match.group(2)
+    return timedelta(seconds=amount * _UNIT_SECONDS[unit])
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a timedelta in the largest unit that divides it exactly."""
+    seconds = value.total_seconds()
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds * 1000)}ms"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ExporterSettings(_Strict):
+    """Process-wide settings; each has an environment twin ``CONFUSION_EXPORTER_<KEY>``."""
+
+    listen_address: str = "0.0.0.0"
+    port: int = Field(9745, ge=1, le=65535)
+    refresh_interval: Duration = timedelta(seconds=30)
+    initial_backoff: Duration = timedelta(seconds=1)
+    max_backoff: Duration = timedelta(minutes=2)
+    statement_timeout: Duration = timedelta(seconds=20)
+    connect_timeout: Duration = timedelta(seconds=5)
+    bucket: Duration = timedelta(minutes=1)
+    max_classes: int = Field(50, ge=2, le=1000)
+    future_tolerance: Duration = timedelta(seconds=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("refresh_interval", "bucket", "statement_timeout", "connect_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be greater than zero")
+        return value
+
+
+class DatabaseSettings(_Strict):
+    """Where the database URL comes from; the URL itself never sits in the config file."""
+
+    url_file: Path | None = None
+
+
+class ColumnMap(_Strict):
+    """Column names of a source table; only model, predicted_at, predicted and actual are required."""
+
+    model: str
+    predicted_at: str
+    predicted: str
+    actual: str
+    version: str | None = None
+    labeled_at: str | None = None
+    score: str | None = None
+    segment: str | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("column name must not be empty")
+        return value
+
+
+class SourceConfig(_Strict):
+    """A table or view holding one row per prediction, with its label when it has arrived."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    table: str
+    columns: ColumnMap
+
+    @field_validator("table")
+    @classmethod
+    def _qualified_name(cls, value: str) -> str:
+        parts = value.split(".")
+        if len(parts) > 2 or any(not p.strip() for p in parts):
+            raise ValueError(f"expected 'table' or 'schema.table', got {value!r}")
+        return value
+
+    @property
+    def schema_name(self) -> str | None:
+        return self.table.split(".")[0] if "." in self.table else None
+
+    @property
+    def table_name(self) -> str:
+        return self.table.split(".")[-1]
+
+
+class TrailingReference(_Strict):
+    """The span of ``length`` just before the current window."""
+
+    kind: Literal["trailing"]
+    length: Duration
+
+
+class OffsetReference(_Strict):
+    """The current window shifted back by ``offset`` (e.g. 7d for weekly seasonality)."""
+
+    kind: Literal["offset"]
+    offset: Duration
+
+
+Reference = Annotated[TrailingReference | OffsetReference, Field(discriminator="kind")]
+
+
+class MonitorConfig(_Strict):
+    """One model (or ``*`` for each model found) of one source, compared window against reference."""
+
+    source: str
+    model: str = Field(min_length=1)
+    name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    window: Duration
+    label_delay: Duration = timedelta(0)
+    reference: Reference
+    alpha: float = Field(0.01, gt=0, lt=1)
+    min_effect: float = Field(0.05, ge=0, le=1)
+    min_samples: int = Field(200, ge=1)
+    classes: list[str] | None = Field(None, min_length=1)
+    max_classes: int | None = Field(None, ge=2, le=1000)
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if any(not c.strip() for c in value):
+            raise ValueError("class names must not be empty")
+        if len(set(value)) != len(value):
+            raise ValueError("class names must be distinct")
+        return value
+
+    @property
+    def monitor_name(self) -> str:
+        return self.name or f"{self.source}:{self.model}"
+
+
+class Config(_Strict):
+    """The whole configuration file."""
+
+    exporter: ExporterSettings = ExporterSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    sources: list[SourceConfig] = Field(min_length=1)
+    monitors: list[MonitorConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        problems: list[str] = []
+        names = [s.name for s in self.sources]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"sources: duplicate source name {dup!r}; give each source its own name")
+        bucket = self.exporter.bucket
+        monitor_names: dict[str, int] = {}
+        for i, mon in enumerate(self.monitors):
+            where = f"monitors[{i}]"
+            if mon.source not in names:
+                known = ", ".join(names)
+                problems.append(f"{where}.source: unknown source {mon.source!r}; defined sources: {known}")
+            for key in ("window", "label_delay"):
+                value = getattr(mon, key)
+                if value % bucket:
+                    problems.append(
+                        f"{where}.{key}: {format_duration(value)} is not a multiple of "
+                        f"exporter.bucket ({format_duration(bucket)}); windows are sums of buckets"
+                    )
+            if mon.window <= timedelta(0):
+                problems.append(f"{where}.window: must be greater than zero")
+            ref = mon.reference
+            span = ref.length if isinstance(ref, TrailingReference) else ref.offset
+            key = "length" if isinstance(ref, TrailingReference) else "offset"
+            if span % bucket or span <= timedelta(0):
+                problems.append(
+                    f"{where}.reference.{key}: must be a positive multiple of exporter.bucket "
+                    f"({format_duration(bucket)})"
+                )
+            if isinstance(ref, OffsetReference) and ref.offset < mon.window:
+                problems.append(
+                    f"{where}.reference.offset: {format_duration(ref.offset)} is shorter than the "
+                    f"window ({format_duration(mon.window)}); the reference would overlap the "
+                    "current window"
+                )
+            cap = mon.max_classes or self.exporter.max_classes
+            if mon.classes is not None and len(mon.classes) > cap:
+                problems.append(
+                    f"{where}.classes: {len(mon.classes)} classes exceed max_classes ({cap}); "
+                    "raise max_classes or list fewer classes"
+                )
+            previous = monitor_names.setdefault(mon.monitor_name, i)
+            if previous != i:
+                problems.append(
+                    f"{where}.name: monitor name {mon.monitor_name!r} is also used by "
+                    f"monitors[{previous}]; set a distinct 'name'"
+                )
+        if problems:
+            raise _CrossCheckError(problems)
+        return self
+
+    def source(self, name: str) -> SourceConfig:
+        return next(s for s in self.sources if s.name == name)
+
+
+class _CrossCheckError(ValueError):
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in strings, so any value can come from the environment."""
+    if isinstance(node, dict):
+        return {k: _interpolate(v, env, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(
+                f"{path}: environment variable {name} is not set; set it or write ${{{name}:-default}}"
+            )
+            return ""
+
+        return _ENV_REF.sub(substitute, node)
+    return node
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, str]:
+    overrides = {}
+    for key in ExporterSettings.model_fields:
+        value = env.get(ENV_PREFIX + key.upper())
+        if value is not None:
+            overrides[key] = value
+    return overrides
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("trailing", "offset") and out.endswith("reference"):
+            continue  # the discriminator's branch name is noise to a reader
+        elif str(part).startswith("function-"):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key; remove it or check its spelling against the README's configuration table"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return "unknown reference kind; use one of: trailing, offset"
+    if kind == "union_tag_not_found":
+        return "reference needs a 'kind' (trailing or offset)"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _unknown_sources(raw: Mapping[str, Any]) -> list[str]:
+    """Report monitors naming undefined sources even when other keys fail validation first."""
+    sources, monitors = raw.get("sources"), raw.get("monitors")
+    if not isinstance(sources, list) or not isinstance(monitors, list):
+        return []
+    names = [s.get("name") for s in sources if isinstance(s, dict)]
+    out = []
+    for i, mon in enumerate(monitors):
+        if isinstance(mon, dict) and "source" in mon and mon["source"] not in names:
+            known = ", ".join(str(n) for n in names)
+            out.append(f"monitors[{i}].source: unknown source {mon['source']!r}; defined sources: {known}")
+    return out
+
+
+def config_from_mapping(raw: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed YAML document, applying environment twins and interpolation."""
+    env = os.environ if env is None else env
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): expected a mapping with 'sources' and 'monitors'"])
+    problems: list[str] = []
+    if "database" in raw and isinstance(raw["database"], dict) and "url" in raw["database"]:
+        problems.append(
+            "database.url: the database URL must not be written in the config file; "
+            f"set {DATABASE_URL_ENV} or database.url_file"
+        )
+        raw = {**raw, "database": {k: v for k, v in raw["database"].items() if k != "url"}}
+    raw = _interpolate(raw, env, "", problems)
+    overrides = _env_overrides(env)
+    if overrides:
+        exporter = raw.get("exporter") or {}
+        if isinstance(exporter, dict):
+            raw = {**raw, "exporter": {**exporter, **overrides}}
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        for error in exc.errors():
+            ctx = error.get("ctx") or {}
+            inner = ctx.get("error")
+            if isinstance(inner, _CrossCheckError):
+                problems.extend(inner.problems)
+                continue
+            problems.append(f"{_location(error['loc']) or '(top level)'}: {_describe(error)}")
+        problems.extend(_unknown_sources(raw))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML config file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"--config: cannot read {path}: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"--config: {path} is not valid YAML{where}"]) from None
+    return config_from_mapping(raw, env)
+
+
+@dataclass(frozen=True)
+class DatabaseUrl:
+    """The database URL, with a form that is safe to log."""
+
+    url: str
+
+    def redacted(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:
+            return "<unparseable database URL>"
+
+    def __repr__(self) -> str:
+        return f"DatabaseUrl({self.redacted()})"
+
+    __str__ = __repr__
+
+
+def resolve_database_url(
+    config: Config | None, env: Mapping[str, str] | None = None, explicit: str | None = None
+) -> DatabaseUrl:
+    """Find the database URL: explicit flag, DATABASE_URL, DATABASE_URL_FILE, then database.url_file."""
+    env = os.environ if env is None else env
+    if explicit:
+        return DatabaseUrl(_normalise_url(explicit))
+    if env.get(DATABASE_URL_ENV):
+        return DatabaseUrl(_normalise_url(env[DATABASE_URL_ENV]))
+    file_key, file_path = DATABASE_URL_FILE_ENV, env.get(DATABASE_URL_FILE_ENV)
+    if not file_path and config is not None and config.database.url_file is not None:
+        file_key, file_path = "database.url_file", str(config.database.url_file)
+    if file_path:
+        try:
+            return DatabaseUrl(_normalise_url(Path(file_path).read_text(encoding="utf-8").strip()))
+        except OSError as exc:
+            raise ConfigError([f"{file_key}: cannot read {file_path}: {exc.strerror}"]) from None
+    raise ConfigError(
+        [
+            f"{DATABASE_URL_ENV}: not set; export {DATABASE_URL_ENV}=postgresql://user:pass@host/db "
+            f"or point {DATABASE_URL_FILE_ENV} / database.url_file at a file holding it"
+        ]
+    )
+
+
+def _normalise_url(url: str) -> str:
+    """Accept the libpq form ``postgresql://`` and select the psycopg2 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    return url

@@ -1,0 +1,278 @@
+"""Snapshot and health state -> Prometheus metric families -> rendered exposition bytes.
+
+The only module that builds metric families. Rendering happens once per refresh, never
+per scrape: ``generate_latest()`` of tens of thousands of samples costs ~100 ms, while
+serving pre-rendered bytes costs microseconds.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .matrices import WindowCounts
+from .snapshot import MonitorResult, SliceResult, Snapshot
+from .source.counts import REJECT_REASONS
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+SLICE_LABELS = ["monitor", "model", "version", "segment"]
+CACHED = " Computed by the last successful refresh, not at scrape time."
+
+
+def _slice_values(monitor: MonitorResult, result: SliceResult) -> list[str]:
+    return [monitor.name, result.key.model, result.key.version, result.key.segment]
+
+
+class SnapshotCollector(Collector):
+    """Turn a snapshot into metric families; no I/O, so registering it is harmless.
+
+    # HELP confusion_matrix_predictions Labeled predictions per confusion-matrix cell ...
+    # TYPE confusion_matrix_predictions gauge
+    confusion_matrix_predictions{monitor="shop:digits-rf",model="digits-rf",version="v1",
+        segment="__all__",window="current",true_class="8",predicted_class="1",correct="false"} 12.0
+    """
+
+    def __init__(self, snapshot: Snapshot):
+        self._snapshot = snapshot
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        g = _Families()
+        for monitor in self._snapshot.monitors.values():
+            g.monitor_slices.add_metric([monitor.name], len(monitor.slices))
+            g.evaluated.add_metric([monitor.name], monitor.evaluated_at.timestamp())
+            for window in monitor.windows:
+                g.window_start.add_metric([monitor.name, window.name], window.start.timestamp())
+                g.window_end.add_metric([monitor.name, window.name], window.end.timestamp())
+            for result in monitor.slices:
+                base = _slice_values(monitor, result)
+                for name, window in result.windows.items():
+                    g.add_window(base + [name], window.counts, window.metrics)
+        yield from g.all()
+
+
+class _Families:
+    """The snapshot's metric families, filled slice by slice."""
+
+    def __init__(self) -> None:
+        w = [*SLICE_LABELS, "window"]
+        gauge = GaugeMetricFamily
+        self.matrix = gauge(
+            "confusion_matrix_predictions",
+            "Labeled predictions per confusion-matrix cell (true_class predicted as "
+            "predicted_class) in the window; every cell of the class set, zeros included." + CACHED,
+            labels=[*w, "true_class", "predicted_class", "correct"],
+        )
+        self.precision = gauge(
+            "confusion_class_precision",
+            "Share of predictions of this class that were right (NaN when never predicted)." + CACHED,
+            labels=[*w, "class"],
+        )
+        self.recall = gauge(
+            "confusion_class_recall",
+            "Share of this true class that was predicted as itself (NaN without support)." + CACHED,
+            labels=[*w, "class"],
+        )
+        self.f1 = gauge(
+            "confusion_class_f1_score",
+            "Harmonic mean of precision and recall of this class (NaN when the class is absent)." + CACHED,
+            labels=[*w, "class"],
+        )
+        self.support = gauge(
+            "confusion_class_support",
+            "Labeled predictions whose true class is this class." + CACHED,
+            labels=[*w, "class"],
+        )
+        self.accuracy = gauge(
+            "confusion_accuracy", "Share of labeled predictions that were right." + CACHED, labels=w
+        )
+        self.macro_f1 = gauge(
+            "confusion_macro_f1",
+            "Unweighted mean F1 over the classes seen as truth or prediction." + CACHED,
+            labels=w,
+        )
+        self.balanced_accuracy = gauge(
+            "confusion_balanced_accuracy",
+            "Unweighted mean recall over the classes seen as truth." + CACHED,
+            labels=w,
+        )
+        self.labeled = gauge(
+            "confusion_labeled_predictions",
+            "Predictions in the window whose true class has arrived." + CACHED,
+            labels=w,
+        )
+        self.unlabeled = gauge(
+            "confusion_unlabeled_predictions",
+            "Predictions in the window whose true class has not arrived yet." + CACHED,
+            labels=w,
+        )
+        self.coverage = gauge(
+            "confusion_label_coverage_ratio",
+            "Labeled predictions over all valid predictions in the window (0..1)." + CACHED,
+            labels=w,
+        )
+        self.rejected = gauge(
+            "confusion_rejected_rows",
+            "Rows in the window left out of the matrix, by reason (NULL or empty class, "
+            "timestamp in the future, class outside the configured set, ...)." + CACHED,
+            labels=[*w, "reason"],
+        )
+        self.folded = gauge(
+            "confusion_folded_predictions",
+            "Predictions whose true or predicted class was folded into __other__ because the "
+            "slice has more classes than max_classes." + CACHED,
+            labels=w,
+        )
+        self.window_start = gauge(
+            "confusion_window_start_timestamp_seconds",
+            "Start of the window's span of prediction time (inclusive)." + CACHED,
+            labels=["monitor", "window"],
+        )
+        self.window_end = gauge(
+            "confusion_window_end_timestamp_seconds",
+            "End of the window's span of prediction time (exclusive)." + CACHED,
+            labels=["monitor", "window"],
+        )
+        self.monitor_slices = gauge(
+            "confusion_monitor_slices",
+            "Model/version/segment slices the monitor found in its windows (0: no data)." + CACHED,
+            labels=["monitor"],
+        )
+        self.evaluated = gauge(
+            "confusion_monitor_evaluation_timestamp_seconds",
+            "The instant the monitor's windows were last computed for.",
+            labels=["monitor"],
+        )
+
+    def add_window(self, values: list[str], counts: WindowCounts, metrics) -> None:  # type: ignore[no-untyped-def]
+        classes = counts.classes
+        for i, true_class in enumerate(classes):
+            for j, predicted_class in enumerate(classes):
+                self.matrix.add_metric(
+                    [*values, true_class, predicted_class, "true" if i == j else "false"],
+                    int(counts.matrix[i, j]),
+                )
+            per_class = [*values, true_class]
+            self.precision.add_metric(per_class, float(metrics.precision[i]))
+            self.recall.add_metric(per_class, float(metrics.recall[i]))
+            self.f1.add_metric(per_class, float(metrics.f1[i]))
+            self.support.add_metric(per_class, int(metrics.support[i]))
+        self.accuracy.add_metric(values, metrics.accuracy)
+        self.macro_f1.add_metric(values, metrics.macro_f1)
+        self.balanced_accuracy.add_metric(values, metrics.balanced_accuracy)
+        labeled, unlabeled = counts.labeled_total, counts.unlabeled_total
+        self.labeled.add_metric(values, labeled)
+        self.unlabeled.add_metric(values, unlabeled)
+        total = labeled + unlabeled
+        self.coverage.add_metric(values, labeled / total if total else float("nan"))
+        for reason in REJECT_REASONS:
+            self.rejected.add_metric([*values, reason], counts.rejected.get(reason, 0))
+        self.folded.add_metric(values, counts.folded)
+
+    def all(self) -> Iterator[Metric]:
+        yield from (value for value in vars(self).values() if isinstance(value, Metric))
+
+
+@dataclass
+class HealthState:
+    """The refresher's own figures; mutated under ``lock`` by the refresher only."""
+
+    monitors: list[str]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    refresh_duration_seconds: float = float("nan")
+    database_up: int = 0
+    refreshes: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    last_success: dict[str, float] = field(default_factory=dict)
+    last_error: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.monitors:
+            self.refreshes.setdefault(name, 0)
+            self.failures.setdefault(name, 0)
+            self.last_success.setdefault(name, 0.0)
+
+
+class HealthCollector(Collector):
+    """The exporter's own health, so a dead refresher or database shows up in metrics.
+
+    # HELP confusion_exporter_refresh_failures_total Monitor refreshes that failed ...
+    # TYPE confusion_exporter_refresh_failures_total counter
+    confusion_exporter_refresh_failures_total{monitor="shop:digits-rf"} 3.0
+    """
+
+    def __init__(self, state: HealthState):
+        self._state = state
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._state
+        with state.lock:
+            info = InfoMetricFamily(
+                "confusion_exporter_build",
+                "Version of confusion-exporter and of the Python running it.",
+                value={"version": __version__, "python_version": platform.python_version()},
+            )
+            duration = GaugeMetricFamily(
+                "confusion_exporter_refresh_duration_seconds",
+                "Wall time of the last refresh of all monitors.",
+                value=state.refresh_duration_seconds,
+            )
+            database_up = GaugeMetricFamily(
+                "confusion_exporter_database_up",
+                "1 if the last refresh reached the database, else 0.",
+                value=state.database_up,
+            )
+            refreshes = CounterMetricFamily(
+                "confusion_exporter_refreshes",
+                "Monitor refreshes attempted.",
+                labels=["monitor"],
+            )
+            failures = CounterMetricFamily(
+                "confusion_exporter_refresh_failures",
+                "Monitor refreshes that failed (database unreachable, query error or timeout).",
+                labels=["monitor"],
+            )
+            last_success = GaugeMetricFamily(
+                "confusion_exporter_last_refresh_success_timestamp_seconds",
+                "When the monitor last refreshed successfully (0: never); "
+                "time() minus this is the age of what /metrics shows.",
+                labels=["monitor"],
+            )
+            for name in state.monitors:
+                refreshes.add_metric([name], state.refreshes[name])
+                failures.add_metric([name], state.failures[name])
+                last_success.add_metric([name], state.last_success[name])
+        yield from (info, duration, database_up, refreshes, failures, last_success)
+
+
+def render(*collectors: Collector) -> bytes:
+    """Render collectors to the Prometheus text format (0.0.4)."""
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in collectors:
+        registry.register(collector)
+    return generate_latest(registry)
+
+
+_PROCESS_REGISTRY = CollectorRegistry(auto_describe=False)
+ProcessCollector(registry=_PROCESS_REGISTRY)
+PlatformCollector(registry=_PROCESS_REGISTRY)
+
+
+def render_process() -> bytes:
+    """Render process_* and python_info: a few lines, cheap enough to do per scrape."""
+    return generate_latest(_PROCESS_REGISTRY)

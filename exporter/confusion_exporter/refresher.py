@@ -1,0 +1,161 @@
+"""The schedule: read -> compute -> build snapshot -> render -> swap, with per-monitor backoff.
+
+A scrape never waits for this: it serves whatever :class:`Published` was swapped in last.
+A monitor that fails keeps its last good result (its age is visible through
+``confusion_exporter_last_refresh_success_timestamp_seconds``) and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.engine import Engine
+
+from .config import Config, DatabaseUrl
+from .evaluate import evaluate_monitor
+from .exposition import HealthCollector, HealthState, SnapshotCollector, render
+from .snapshot import MonitorResult, Snapshot
+from .source.database import reader_engine, redact_error
+
+log = logging.getLogger("confusion_exporter.refresher")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the web server serves; replaced as a whole, never mutated."""
+
+    snapshot: Snapshot | None
+    snapshot_bytes: bytes
+    health_bytes: bytes
+
+    @property
+    def metrics_bytes(self) -> bytes:
+        return self.snapshot_bytes + self.health_bytes
+
+
+def backoff_delay(failures: int, initial: timedelta, maximum: timedelta, jitter: float = 0.1) -> float:
+    """Seconds to wait after ``failures`` consecutive failures: doubling, capped, jittered."""
+    base = min(maximum.total_seconds(), initial.total_seconds() * 2 ** max(0, failures - 1))
+    return base * random.uniform(1 - jitter, 1 + jitter)
+
+
+class Refresher:
+    """Owns the engine, the health figures and the published snapshot."""
+
+    def __init__(
+        self,
+        config: Config,
+        url: DatabaseUrl,
+        *,
+        clock: Clock = utc_now,
+        engine: Engine | None = None,
+    ):
+        self.config = config
+        self.url = url
+        self.clock = clock
+        settings = config.exporter
+        self.engine = engine or reader_engine(
+            url,
+            statement_timeout=settings.statement_timeout,
+            connect_timeout=settings.connect_timeout,
+        )
+        names = [m.monitor_name for m in config.monitors]
+        self.health = HealthState(monitors=names)
+        self._results: dict[str, MonitorResult] = {}
+        self._consecutive_failures = dict.fromkeys(names, 0)
+        self._next_due = dict.fromkeys(names, 0.0)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.published = Published(None, b"", render(HealthCollector(self.health)))
+
+    def refresh(self, only_due: bool = False) -> bool:
+        """Refresh every monitor (or only those due) once; return True if all succeeded."""
+        started = time.monotonic()
+        now = self.clock()
+        all_ok, any_ok, reached_db = True, False, False
+        for monitor in self.config.monitors:
+            name = monitor.monitor_name
+            if only_due and self._next_due[name] > started:
+                continue
+            with self.health.lock:
+                self.health.refreshes[name] += 1
+            try:
+                with self.engine.connect() as connection:
+                    reached_db = True
+                    with connection.begin():
+                        result = evaluate_monitor(connection, self.config, monitor, now)
+            except Exception as error:  # any failure of one monitor must not stop the others
+                all_ok = False
+                self._consecutive_failures[name] += 1
+                delay = backoff_delay(
+                    self._consecutive_failures[name],
+                    self.config.exporter.initial_backoff,
+                    self.config.exporter.max_backoff,
+                )
+                self._next_due[name] = time.monotonic() + delay
+                message = redact_error(error, self.url)
+                with self.health.lock:
+                    self.health.failures[name] += 1
+                    self.health.last_error[name] = message
+                log.warning(
+                    "monitor refresh failed",
+                    extra={"fields": {"monitor": name, "error": message, "retry_in_s": f"{delay:.1f}"}},
+                )
+                continue
+            any_ok = True
+            self._results[name] = result
+            self._consecutive_failures[name] = 0
+            self._next_due[name] = time.monotonic() + self.config.exporter.refresh_interval.total_seconds()
+            with self.health.lock:
+                self.health.last_success[name] = time.time()
+                self.health.last_error.pop(name, None)
+        with self.health.lock:
+            self.health.refresh_duration_seconds = time.monotonic() - started
+            self.health.database_up = int(reached_db)
+        self._publish(now, rebuild_snapshot=any_ok)
+        return all_ok
+
+    def _publish(self, now: datetime, rebuild_snapshot: bool) -> None:
+        previous = self.published
+        if rebuild_snapshot:
+            snapshot: Snapshot | None = Snapshot(taken_at=now, monitors=dict(self._results))
+            snapshot_bytes = render(SnapshotCollector(snapshot))  # type: ignore[arg-type]
+        else:
+            snapshot, snapshot_bytes = previous.snapshot, previous.snapshot_bytes
+        # One assignment: a concurrent scrape sees the old or the new, never a mix.
+        self.published = Published(snapshot, snapshot_bytes, render(HealthCollector(self.health)))
+
+    def run_forever(self) -> None:
+        """Refresh monitors as they fall due until :meth:`stop` is called."""
+        while not self._stop.is_set():
+            try:
+                self.refresh(only_due=True)
+            except Exception:  # a bug here must not kill the thread silently
+                log.exception("refresh loop error")
+            wake = min(self._next_due.values(), default=time.monotonic() + 1)
+            self._stop.wait(max(0.05, wake - time.monotonic()))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name="refresher", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.engine.dispose()

@@ -1,0 +1,46 @@
+"""Frozen results of one refresh: what the exporter knows, swapped in as a whole."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from .matrices import SliceKey, WindowCounts
+from .stats.classification import ClassificationMetrics
+from .windows import Window
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """The counts of one slice in one window and the metrics computed from them."""
+
+    counts: WindowCounts
+    metrics: ClassificationMetrics
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """One model version in one segment, in the current window and its reference."""
+
+    key: SliceKey
+    windows: Mapping[str, WindowResult]
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    """Everything one monitor computed as of ``evaluated_at``."""
+
+    name: str
+    source: str
+    evaluated_at: datetime
+    windows: tuple[Window, ...]
+    slices: tuple[SliceResult, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The latest result of every monitor that has succeeded at least once."""
+
+    taken_at: datetime
+    monitors: Mapping[str, MonitorResult]

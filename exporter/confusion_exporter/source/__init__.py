@@ -1,0 +1,1 @@
+"""The only package that builds SQL: table mapping, engines and count queries."""

@@ -1,0 +1,121 @@
+"""The window count query: one ``GROUP BY`` per monitor, pushed into Postgres.
+
+Rows never travel into Python; only their counts per (bucket, model, version, segment,
+predicted class, true class, rejection reason) do. Identifiers from the config are
+quoted by SQLAlchemy and every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..config import MonitorConfig, SourceConfig
+from ..windows import Window
+
+ALL = "__all__"  # the label value when a source has no version or segment column
+
+# Why a row is not counted in a matrix. A fixed set, so every reason can be exported as 0.
+FUTURE_TIMESTAMP = "future_timestamp"
+MISSING_MODEL = "missing_model"
+MISSING_PREDICTED_CLASS = "missing_predicted_class"
+LABEL_WITHOUT_PREDICTION = "label_without_prediction"
+EMPTY_TRUE_CLASS = "empty_true_class"
+UNKNOWN_CLASS = "unknown_class"
+REJECT_REASONS = (
+    FUTURE_TIMESTAMP,
+    MISSING_MODEL,
+    MISSING_PREDICTED_CLASS,
+    LABEL_WITHOUT_PREDICTION,
+    EMPTY_TRUE_CLASS,
+    UNKNOWN_CLASS,
+)
+
+COUNT_COLUMNS = ["bucket", "model", "version", "segment", "predicted", "actual", "reason", "n"]
+
+
+def source_table(source: SourceConfig) -> sa.TableClause:
+    """Describe the mapped table; SQLAlchemy quotes every identifier it renders."""
+    names = {name for name in source.columns.model_dump().values() if name is not None}
+    return sa.table(source.table_name, *(sa.column(n) for n in sorted(names)), schema=source.schema_name)
+
+
+def _blank(expr: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
+    return sa.or_(expr.is_(None), sa.func.btrim(expr) == "")
+
+
+def count_query(
+    source: SourceConfig,
+    monitor: MonitorConfig,
+    windows: Sequence[Window],
+    now: datetime,
+    bucket: timedelta,
+    future_tolerance: timedelta = timedelta(0),
+) -> sa.Select[tuple[object, ...]]:
+    """Build the grouped count of ``monitor``'s rows over ``windows`` as of ``now``."""
+    table = source_table(source)
+    cols = source.columns
+
+    def text(name: str | None) -> sa.ColumnElement[str]:
+        if name is None:
+            return sa.literal(ALL, sa.Text)
+        return sa.cast(table.c[name], sa.Text)
+
+    predicted_at = table.c[cols.predicted_at]
+    model, predicted, actual = text(cols.model), text(cols.predicted), text(cols.actual)
+    is_future = predicted_at > sa.bindparam("future_after", now + future_tolerance)
+    reason = sa.case(
+        (is_future, FUTURE_TIMESTAMP),
+        (model.is_(None), MISSING_MODEL),
+        (sa.and_(_blank(predicted), sa.not_(_blank(actual))), LABEL_WITHOUT_PREDICTION),
+        (_blank(predicted), MISSING_PREDICTED_CLASS),
+        (sa.and_(actual.is_not(None), sa.func.btrim(actual) == ""), EMPTY_TRUE_CLASS),
+        else_=sa.null(),
+    )
+    bucket_seconds = int(bucket.total_seconds())
+    bucket_index = sa.case(
+        (is_future, sa.null()),
+        else_=sa.cast(
+            sa.func.floor(sa.extract("epoch", predicted_at) / sa.bindparam("bucket_seconds", bucket_seconds)),
+            sa.BigInteger,
+        ),
+    )
+    in_a_window = sa.or_(
+        *(
+            sa.and_(
+                predicted_at >= sa.bindparam(f"{w.name}_start", w.start),
+                predicted_at < sa.bindparam(f"{w.name}_end", w.end),
+            )
+            for w in windows
+        )
+    )
+    filters: list[sa.ColumnElement[bool]] = [sa.or_(in_a_window, is_future)]
+    if monitor.model != "*":
+        filters.append(table.c[cols.model] == sa.bindparam("model", monitor.model))
+    grouped = [
+        bucket_index.label("bucket"),
+        model.label("model"),
+        text(cols.version).label("version"),
+        text(cols.segment).label("segment"),
+        predicted.label("predicted"),
+        actual.label("actual"),
+        reason.label("reason"),
+    ]
+    return (
+        sa.select(*grouped, sa.func.count().label("n"))
+        .select_from(table)
+        .where(*filters)
+        .group_by(*(sa.literal_column(str(i)) for i in range(1, len(grouped) + 1)))
+    )
+
+
+def fetch_counts(connection: Connection, query: sa.Select[tuple[object, ...]]) -> pd.DataFrame:
+    """Run a count query and return its grouped rows as a DataFrame."""
+    result = connection.execute(query)
+    frame = pd.DataFrame(result.fetchall(), columns=COUNT_COLUMNS)
+    frame["n"] = frame["n"].astype("int64")
+    return frame

@@ -1,0 +1,63 @@
+"""Engines for reading inference tables: read-only sessions with timeouts, UTC, a name."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ..config import DatabaseUrl
+
+APPLICATION_NAME = "confusion-exporter"
+
+
+def _millis(value: timedelta) -> int:
+    return max(1, int(value.total_seconds() * 1000))
+
+
+def reader_engine(url: DatabaseUrl, *, statement_timeout: timedelta, connect_timeout: timedelta) -> Engine:
+    """Create the engine the refresher reads through.
+
+    Every session is read-only by default, so a bug in this program cannot write to the
+    inference tables even when the role it runs as could; a statement timeout bounds a
+    query that waits on a lock; timestamps are compared in UTC.
+    """
+    options = " ".join(
+        [
+            f"-c statement_timeout={_millis(statement_timeout)}",
+            f"-c lock_timeout={_millis(statement_timeout)}",
+            "-c default_transaction_read_only=on",
+            "-c timezone=UTC",
+        ]
+    )
+    return sa.create_engine(
+        url.url,
+        pool_pre_ping=True,
+        pool_size=2,
+        max_overflow=2,
+        pool_recycle=1800,
+        connect_args={
+            "connect_timeout": max(1, int(connect_timeout.total_seconds())),
+            "application_name": APPLICATION_NAME,
+            "options": options,
+        },
+    )
+
+
+def admin_engine(url: DatabaseUrl) -> Engine:
+    """Create an engine for migrations and the simulator, which must write."""
+    return sa.create_engine(
+        url.url,
+        pool_pre_ping=True,
+        connect_args={"application_name": APPLICATION_NAME, "options": "-c timezone=UTC"},
+    )
+
+
+def redact_error(error: BaseException, url: DatabaseUrl) -> str:
+    """Describe a database error in one line without the password it might echo."""
+    message = " ".join(str(getattr(error, "orig", None) or error).split())
+    password = sa.engine.make_url(url.url).password
+    if password:
+        message = message.replace(password, "***")
+    return f"{type(error).__name__}: {message}"[:500]

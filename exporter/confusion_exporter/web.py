@@ -1,0 +1,141 @@
+"""HTTP: ``/`` (landing page), ``/metrics`` and ``/healthz``; serves the published snapshot only."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from . import __version__
+from .exposition import CONTENT_TYPE, render_process
+from .refresher import Published
+from .snapshot import Snapshot, WindowResult
+
+log = logging.getLogger("confusion_exporter.web")
+
+
+def _cell_style(value: int, row_total: int, diagonal: bool) -> str:
+    share = value / row_total if row_total else 0.0
+    hue = 140 if diagonal else 0
+    alpha = min(1.0, share * (1 if diagonal else 4))
+    return f"background:hsla({hue},70%,45%,{alpha:.2f})"
+
+
+def _matrix_table(window: WindowResult) -> str:
+    counts = window.counts
+    classes = counts.classes
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in classes)
+    rows = []
+    for i, true_class in enumerate(classes):
+        total = int(counts.matrix[i].sum())
+        cells = "".join(
+            f'<td style="{_cell_style(int(v), total, i == j)}">{int(v)}</td>'
+            for j, v in enumerate(counts.matrix[i])
+        )
+        rows.append(f"<tr><th>{html.escape(true_class)}</th>{cells}</tr>")
+    m = window.metrics
+    return (
+        f"<table class=matrix><caption>{html.escape(counts.window.name)} "
+        f"[{counts.window.start:%Y-%m-%d %H:%M} – {counts.window.end:%H:%M} UTC]: "
+        f"{counts.labeled_total} labeled, {counts.unlabeled_total} unlabeled, "
+        f"accuracy {m.accuracy:.3f}, macro-F1 {m.macro_f1:.3f}</caption>"
+        f"<tr><th>true \\ predicted</th>{head}</tr>{''.join(rows)}</table>"
+    )
+
+
+def landing_page(snapshot: Snapshot | None) -> bytes:
+    """Render the human view of the snapshot: each slice's matrices as colored tables."""
+    parts = [
+        "<!doctype html><html><head><meta charset=utf-8><title>confusion-exporter</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table.matrix{border-collapse:collapse;"
+        "margin:0 2em 1em 0;display:inline-table}td,th{border:1px solid #ccc;padding:2px 6px;"
+        "text-align:right}caption{text-align:left;font-size:90%}</style></head><body>",
+        f"<h1>confusion-exporter {html.escape(__version__)}</h1>",
+        '<p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a></p>',
+    ]
+    if snapshot is None:
+        parts.append("<p>No snapshot yet: the first refresh has not succeeded.</p>")
+    else:
+        parts.append(f"<p>Snapshot of {snapshot.taken_at:%Y-%m-%d %H:%M:%S} UTC.</p>")
+        for monitor in snapshot.monitors.values():
+            parts.append(f"<h2>{html.escape(monitor.name)}</h2>")
+            if not monitor.slices:
+                parts.append("<p>No predictions in the windows.</p>")
+            for result in monitor.slices:
+                key = result.key
+                parts.append(
+                    f"<h3>{html.escape(key.model)} version {html.escape(key.version)} "
+                    f"segment {html.escape(key.segment)}</h3><div>"
+                )
+                parts.extend(_matrix_table(w) for w in result.windows.values())
+                parts.append("</div>")
+    parts.append("</body></html>")
+    return "".join(parts).encode("utf-8")
+
+
+class _LandingCache:
+    """Render the landing page once per published snapshot."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: int | None = None
+        self._page = b""
+
+    def get(self, published: Published) -> bytes:
+        key = id(published.snapshot)
+        with self._lock:
+            if key != self._key:
+                self._page, self._key = landing_page(published.snapshot), key
+            return self._page
+
+
+def make_server(
+    address: str,
+    port: int,
+    published: Callable[[], Published],
+    healthy: Callable[[], bool],
+) -> ThreadingHTTPServer:
+    """Build the HTTP server; ``published`` returns what to serve right now."""
+    landing = _LandingCache()
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = f"confusion-exporter/{__version__}"
+
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, CONTENT_TYPE, published().metrics_bytes + render_process())
+            elif path == "/healthz":
+                ok = healthy()
+                current = published()
+                body = {
+                    "status": "ok" if ok else "refresher stopped",
+                    "snapshot_age_seconds": (
+                        round(time.time() - current.snapshot.taken_at.timestamp(), 3)
+                        if current.snapshot
+                        else None
+                    ),
+                }
+                self._send(200 if ok else 503, "application/json", json.dumps(body).encode())
+            elif path == "/":
+                self._send(200, "text/html; charset=utf-8", landing.get(published()))
+            else:
+                self._send(404, "text/plain; charset=utf-8", b"not found\n")
+
+        def _send(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            log.debug(format % args)
+
+    server = ThreadingHTTPServer((address, port), Handler)
+    server.daemon_threads = True
+    return server

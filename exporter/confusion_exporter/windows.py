@@ -1,0 +1,45 @@
+"""Window arithmetic: which span of prediction time each comparison covers at a given instant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from .config import MonitorConfig, OffsetReference, TrailingReference
+
+CURRENT = "current"
+REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open span ``[start, end)`` of prediction time, aligned to bucket boundaries."""
+
+    name: str
+    start: datetime
+    end: datetime
+
+    def contains_bucket(self, bucket_start_epoch: float) -> bool:
+        return self.start.timestamp() <= bucket_start_epoch < self.end.timestamp()
+
+
+def bucket_end(now: datetime, bucket: timedelta) -> datetime:
+    """The end of the bucket holding ``now``: windows include the bucket still filling."""
+    size = int(bucket.total_seconds())
+    epoch = int(now.timestamp())
+    return datetime.fromtimestamp((epoch // size + 1) * size, tz=UTC)
+
+
+def monitor_windows(now: datetime, monitor: MonitorConfig, bucket: timedelta) -> tuple[Window, Window]:
+    """Return the current window and its reference for ``monitor`` as of ``now``."""
+    current_end = bucket_end(now, bucket) - monitor.label_delay
+    current_start = current_end - monitor.window
+    current = Window(CURRENT, current_start, current_end)
+    ref = monitor.reference
+    if isinstance(ref, TrailingReference):
+        reference = Window(REFERENCE, current_start - ref.length, current_start)
+    elif isinstance(ref, OffsetReference):
+        reference = Window(REFERENCE, current_start - ref.offset, current_end - ref.offset)
+    else:  # pragma: no cover - the config models admit no other kind
+        raise TypeError(f"unsupported reference {ref!r}")
+    return current, reference

@@ -1,0 +1,1 @@
+"""Alembic environment of the reference schema; shipped as ``confusion_exporter.migrations``."""
