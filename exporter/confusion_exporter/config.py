@@ -353,6 +353,8 @@ def config_from_mapping(raw: Any, env: Mapping[str, str] | None = None) -> Confi
         )
         raw = {**raw, "database": {k: v for k, v in raw["database"].items() if k != "url"}}
     raw = _interpolate(raw, env, "", problems)
+    if problems:  # validating half-interpolated values would only add noise lines
+        raise ConfigError(problems)
     overrides = _env_overrides(env)
     if overrides:
         exporter = raw.get("exporter") or {}

@@ -41,6 +41,13 @@ def reader_engine(url: DatabaseUrl, *, statement_timeout: timedelta, connect_tim
             "connect_timeout": max(1, int(connect_timeout.total_seconds())),
             "application_name": APPLICATION_NAME,
             "options": options,
+            # A server that vanishes without closing the socket must not hang a refresh:
+            # keepalives notice within ~20s, tcp_user_timeout bounds unacknowledged writes.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 2,
+            "tcp_user_timeout": _millis(statement_timeout + connect_timeout),
         },
     )
 
