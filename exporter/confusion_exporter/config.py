@@ -76,14 +76,14 @@ class ExporterSettings(_Strict):
     """Process-wide settings; each has an environment twin ``CONFUSION_EXPORTER_<KEY>``."""
 
     listen_address: str = "0.0.0.0"
-    port: int = Field(9745, ge=1, le=65535)
+    port: int = Field(default=9745, ge=1, le=65535)
     refresh_interval: Duration = timedelta(seconds=30)
     initial_backoff: Duration = timedelta(seconds=1)
     max_backoff: Duration = timedelta(minutes=2)
     statement_timeout: Duration = timedelta(seconds=20)
     connect_timeout: Duration = timedelta(seconds=5)
     bucket: Duration = timedelta(minutes=1)
-    max_classes: int = Field(50, ge=2, le=1000)
+    max_classes: int = Field(default=50, ge=2, le=1000)
     future_tolerance: Duration = timedelta(seconds=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -196,8 +196,8 @@ class MonitorConfig(_Strict):
 class Config(_Strict):
     """The whole configuration file."""
 
-    exporter: ExporterSettings = ExporterSettings()
-    database: DatabaseSettings = DatabaseSettings()
+    exporter: ExporterSettings = Field(default_factory=ExporterSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     sources: list[SourceConfig] = Field(min_length=1)
     monitors: list[MonitorConfig] = Field(min_length=1)
 

@@ -23,6 +23,7 @@ from . import __version__
 from .matrices import WindowCounts
 from .snapshot import MonitorResult, SliceResult, Snapshot
 from .source.counts import REJECT_REASONS
+from .stats.classification import ClassificationMetrics
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 SLICE_LABELS = ["monitor", "model", "version", "segment"]
@@ -53,13 +54,13 @@ class SnapshotCollector(Collector):
         for monitor in self._snapshot.monitors.values():
             g.monitor_slices.add_metric([monitor.name], len(monitor.slices))
             g.evaluated.add_metric([monitor.name], monitor.evaluated_at.timestamp())
-            for window in monitor.windows:
-                g.window_start.add_metric([monitor.name, window.name], window.start.timestamp())
-                g.window_end.add_metric([monitor.name, window.name], window.end.timestamp())
+            for span in monitor.windows:
+                g.window_start.add_metric([monitor.name, span.name], span.start.timestamp())
+                g.window_end.add_metric([monitor.name, span.name], span.end.timestamp())
             for result in monitor.slices:
                 base = _slice_values(monitor, result)
                 for name, window in result.windows.items():
-                    g.add_window(base + [name], window.counts, window.metrics)
+                    g.add_window([*base, name], window.counts, window.metrics)
         yield from g.all()
 
 
@@ -156,7 +157,7 @@ class _Families:
             labels=["monitor"],
         )
 
-    def add_window(self, values: list[str], counts: WindowCounts, metrics) -> None:  # type: ignore[no-untyped-def]
+    def add_window(self, values: list[str], counts: WindowCounts, metrics: ClassificationMetrics) -> None:
         classes = counts.classes
         for i, true_class in enumerate(classes):
             for j, predicted_class in enumerate(classes):
