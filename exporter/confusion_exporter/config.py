@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from .stats.shift import ShiftParameters
+
 ENV_PREFIX = "CONFUSION_EXPORTER_"
 DATABASE_URL_ENV = "DATABASE_URL"
 DATABASE_URL_FILE_ENV = "DATABASE_URL_FILE"
@@ -159,7 +161,23 @@ class OffsetReference(_Strict):
     offset: Duration
 
 
-Reference = Annotated[TrailingReference | OffsetReference, Field(discriminator="kind")]
+class VersionReference(_Strict):
+    """Another model version over the same current window (canary vs stable)."""
+
+    kind: Literal["version"]
+    version: str = Field(min_length=1)
+
+
+class BaselineReference(_Strict):
+    """A named matrix captured once (``confusion-exporter baseline capture``) and stored."""
+
+    kind: Literal["baseline"]
+    name: str = Field(min_length=1)
+
+
+Reference = Annotated[
+    TrailingReference | OffsetReference | VersionReference | BaselineReference, Field(discriminator="kind")
+]
 
 
 class MonitorConfig(_Strict):
@@ -171,9 +189,12 @@ class MonitorConfig(_Strict):
     window: Duration
     label_delay: Duration = timedelta(0)
     reference: Reference
-    alpha: float = Field(0.01, gt=0, lt=1)
-    min_effect: float = Field(0.05, ge=0, le=1)
-    min_samples: int = Field(200, ge=1)
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    min_effect: float = Field(default=0.05, ge=0, le=1)
+    min_samples: int = Field(default=200, ge=1)
+    min_row_samples: int = Field(default=20, ge=1)
+    monte_carlo_samples: int = Field(default=999, ge=99, le=99_999)
+    top_cells: int = Field(default=10, ge=0, le=100)
     classes: list[str] | None = Field(None, min_length=1)
     max_classes: int | None = Field(None, ge=2, le=1000)
 
@@ -191,6 +212,16 @@ class MonitorConfig(_Strict):
     @property
     def monitor_name(self) -> str:
         return self.name or f"{self.source}:{self.model}"
+
+    def shift_parameters(self) -> ShiftParameters:
+        return ShiftParameters(
+            alpha=self.alpha,
+            min_effect=self.min_effect,
+            min_samples=self.min_samples,
+            min_row_samples=self.min_row_samples,
+            monte_carlo_samples=self.monte_carlo_samples,
+            top_cells=self.top_cells,
+        )
 
 
 class Config(_Strict):
@@ -224,13 +255,14 @@ class Config(_Strict):
             if mon.window <= timedelta(0):
                 problems.append(f"{where}.window: must be greater than zero")
             ref = mon.reference
-            span = ref.length if isinstance(ref, TrailingReference) else ref.offset
-            key = "length" if isinstance(ref, TrailingReference) else "offset"
-            if span % bucket or span <= timedelta(0):
-                problems.append(
-                    f"{where}.reference.{key}: must be a positive multiple of exporter.bucket "
-                    f"({format_duration(bucket)})"
-                )
+            if isinstance(ref, TrailingReference | OffsetReference):
+                span = ref.length if isinstance(ref, TrailingReference) else ref.offset
+                key = "length" if isinstance(ref, TrailingReference) else "offset"
+                if span % bucket or span <= timedelta(0):
+                    problems.append(
+                        f"{where}.reference.{key}: must be a positive multiple of exporter.bucket "
+                        f"({format_duration(bucket)})"
+                    )
             if isinstance(ref, OffsetReference) and ref.offset < mon.window:
                 problems.append(
                     f"{where}.reference.offset: {format_duration(ref.offset)} is shorter than the "
@@ -303,7 +335,7 @@ def _location(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("trailing", "offset") and out.endswith("reference"):
+        elif part in ("trailing", "offset", "version", "baseline") and out.endswith("reference"):
             continue  # the discriminator's branch name is noise to a reader
         elif str(part).startswith("function-"):
             continue
@@ -319,9 +351,9 @@ def _describe(error: Mapping[str, Any]) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
-        return "unknown reference kind; use one of: trailing, offset"
+        return "unknown reference kind; use one of: trailing, offset, version, baseline"
     if kind == "union_tag_not_found":
-        return "reference needs a 'kind' (trailing or offset)"
+        return "reference needs a 'kind' (trailing, offset, version or baseline)"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
 

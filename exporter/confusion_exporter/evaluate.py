@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from sqlalchemy.engine import Connection
 
-from .config import Config, MonitorConfig
-from .matrices import build_slices
+from .config import BaselineReference, Config, MonitorConfig, VersionReference
+from .matrices import SliceKey, WindowCounts, align, build_slices
 from .snapshot import MonitorResult, SliceResult, WindowResult
+from .source.baselines import read_baseline
 from .source.counts import count_query, fetch_counts
 from .stats.classification import classification_metrics
-from .windows import monitor_windows
+from .stats.shift import ShiftParameters, ShiftReport, missing_reference_report, shift_report
+from .windows import CURRENT, REFERENCE, monitor_windows
 
 
 def evaluate_monitor(
     connection: Connection, config: Config, monitor: MonitorConfig, now: datetime
 ) -> MonitorResult:
-    """Count ``monitor``'s windows as of ``now`` in the database and compute their metrics."""
+    """Count ``monitor``'s windows as of ``now`` in the database and compute metrics and shift tests."""
     settings = config.exporter
     windows = monitor_windows(now, monitor, settings.bucket)
     source = config.source(monitor.source)
@@ -30,6 +33,14 @@ def evaluate_monitor(
         monitor.classes,
         monitor.max_classes or settings.max_classes,
     )
+    reference = monitor.reference
+    if isinstance(reference, BaselineReference):
+        baseline_window, baseline = read_baseline(connection, reference.name, monitor.monitor_name)
+        windows = (*windows, baseline_window) if baseline_window else windows
+        for key, counts in slices.items():
+            if key in baseline:
+                counts[REFERENCE], counts[CURRENT] = align(baseline[key], counts[CURRENT])
+    params = monitor.shift_parameters()
     results = tuple(
         SliceResult(
             key=key,
@@ -37,6 +48,7 @@ def evaluate_monitor(
                 name: WindowResult(counts, classification_metrics(counts.matrix))
                 for name, counts in by_window.items()
             },
+            shift=_shift(key, by_window, slices, monitor, params),
         )
         for key, by_window in sorted(
             slices.items(), key=lambda kv: (kv[0].model, kv[0].version, kv[0].segment)
@@ -49,3 +61,25 @@ def evaluate_monitor(
         windows=windows,
         slices=results,
     )
+
+
+def _shift(
+    key: SliceKey,
+    by_window: Mapping[str, WindowCounts],
+    slices: Mapping[SliceKey, Mapping[str, WindowCounts]],
+    monitor: MonitorConfig,
+    params: ShiftParameters,
+) -> ShiftReport | None:
+    """Compare the slice's current window with its reference, wherever that comes from."""
+    current = by_window[CURRENT]
+    if isinstance(monitor.reference, VersionReference):
+        if key.version == monitor.reference.version:
+            return None  # the reference version is not compared with itself
+        other = slices.get(SliceKey(key.model, monitor.reference.version, key.segment))
+        reference = other[CURRENT] if other else None
+    else:
+        reference = by_window.get(REFERENCE)
+    if reference is None:
+        return missing_reference_report()  # exported as insufficient_data, never as "fine"
+    ref, cur = align(reference, current)
+    return shift_report(ref.matrix, cur.matrix, ref.unlabeled, cur.unlabeled, cur.classes, params)

@@ -24,6 +24,8 @@ from .matrices import WindowCounts
 from .snapshot import MonitorResult, SliceResult, Snapshot
 from .source.counts import REJECT_REASONS
 from .stats.classification import ClassificationMetrics
+from .stats.shift import STATES, ShiftReport
+from .windows import CURRENT, REFERENCE
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 SLICE_LABELS = ["monitor", "model", "version", "segment"]
@@ -61,6 +63,8 @@ class SnapshotCollector(Collector):
                 base = _slice_values(monitor, result)
                 for name, window in result.windows.items():
                     g.add_window([*base, name], window.counts, window.metrics)
+                if result.shift is not None:
+                    g.add_shift(base, result.shift)
         yield from g.all()
 
 
@@ -151,6 +155,76 @@ class _Families:
             "Model/version/segment slices the monitor found in its windows (0: no data)." + CACHED,
             labels=["monitor"],
         )
+        t = [*SLICE_LABELS, "test"]
+        self.shift_statistic = gauge(
+            "confusion_shift_statistic",
+            "Pearson chi-square statistic of the test between reference and current window "
+            "(error_pattern: summed over true classes)." + CACHED,
+            labels=t,
+        )
+        self.shift_dof = gauge(
+            "confusion_shift_degrees_of_freedom", "Degrees of freedom of the test." + CACHED, labels=t
+        )
+        self.shift_p = gauge(
+            "confusion_shift_p_value",
+            "p-value of the test (Monte Carlo where expected counts are below 5; see "
+            "confusion_shift_monte_carlo)." + CACHED,
+            labels=t,
+        )
+        self.shift_log10_p = gauge(
+            "confusion_shift_log10_p_value",
+            "log10 of the p-value; stays finite far in the tail where the p-value itself would underflow."
+            + CACHED,
+            labels=t,
+        )
+        self.shift_effect = gauge(
+            "confusion_shift_effect_size",
+            "Bias-corrected Cramer's V of the test, 0..1, which does not grow with sample size "
+            "(error_pattern: the largest over true classes)." + CACHED,
+            labels=t,
+        )
+        self.shift_samples = gauge(
+            "confusion_shift_samples",
+            "Predictions the test compared in each window (prediction_prior includes unlabeled ones)."
+            + CACHED,
+            labels=[*t, "window"],
+        )
+        self.shift_monte_carlo = gauge(
+            "confusion_shift_monte_carlo",
+            "1 if the p-value is a Monte Carlo conditional estimate (sparse table), 0 if asymptotic."
+            + CACHED,
+            labels=t,
+        )
+        self.shift_state = gauge(
+            "confusion_shift_state",
+            "Decision of the test, one series per state, 1 for the current one: shift (p < alpha and "
+            "effect >= min_effect with enough samples), stable, insufficient_data." + CACHED,
+            labels=[*t, "state"],
+        )
+        self.row_statistic = gauge(
+            "confusion_shift_row_statistic",
+            "Chi-square statistic of the error-pattern test for this true class alone." + CACHED,
+            labels=[*SLICE_LABELS, "true_class"],
+        )
+        self.row_p = gauge(
+            "confusion_shift_row_p_value",
+            "p-value of the error-pattern test for this true class alone (not corrected for "
+            "multiple comparisons: it says where, the summed test says whether)." + CACHED,
+            labels=[*SLICE_LABELS, "true_class"],
+        )
+        self.row_effect = gauge(
+            "confusion_shift_row_effect_size",
+            "Bias-corrected Cramer's V of this true class's predicted-class distribution, reference vs current."
+            + CACHED,
+            labels=[*SLICE_LABELS, "true_class"],
+        )
+        self.cell_residual = gauge(
+            "confusion_shift_cell_residual",
+            "Adjusted standardized residual of the cell within its true class, top cells by magnitude: "
+            "positive means true_class is predicted as predicted_class more often than in the reference."
+            + CACHED,
+            labels=[*SLICE_LABELS, "true_class", "predicted_class"],
+        )
         self.evaluated = gauge(
             "confusion_monitor_evaluation_timestamp_seconds",
             "The instant the monitor's windows were last computed for.",
@@ -181,6 +255,27 @@ class _Families:
         for reason in REJECT_REASONS:
             self.rejected.add_metric([*values, reason], counts.rejected.get(reason, 0))
         self.folded.add_metric(values, counts.folded)
+
+    def add_shift(self, values: list[str], report: ShiftReport) -> None:
+        for name, test in report.tests.items():
+            labels = [*values, name]
+            self.shift_statistic.add_metric(labels, test.statistic)
+            self.shift_dof.add_metric(labels, test.dof)
+            self.shift_p.add_metric(labels, test.p_value)
+            self.shift_log10_p.add_metric(labels, test.log10_p_value)
+            self.shift_effect.add_metric(labels, test.effect_size)
+            self.shift_samples.add_metric([*labels, REFERENCE], test.n_reference)
+            self.shift_samples.add_metric([*labels, CURRENT], test.n_current)
+            self.shift_monte_carlo.add_metric(labels, int(test.monte_carlo))
+            for state in STATES:
+                self.shift_state.add_metric([*labels, state], int(state == test.state))
+        for row in report.rows:
+            labels = [*values, row.true_class]
+            self.row_statistic.add_metric(labels, row.statistic)
+            self.row_p.add_metric(labels, row.p_value)
+            self.row_effect.add_metric(labels, row.effect_size)
+        for cell in report.cells:
+            self.cell_residual.add_metric([*values, cell.true_class, cell.predicted_class], cell.residual)
 
     def all(self) -> Iterator[Metric]:
         yield from (value for value in vars(self).values() if isinstance(value, Metric))

@@ -166,3 +166,25 @@ def _window_counts(
     matrix.setflags(write=False)
     unlabeled.setflags(write=False)
     return WindowCounts(window, class_set, matrix, unlabeled, rejected, folded)
+
+
+def reindex(counts: WindowCounts, classes: tuple[str, ...]) -> WindowCounts:
+    """The same counts on a larger class order (zeros for the classes it lacks)."""
+    if counts.classes == classes:
+        return counts
+    index = {name: i for i, name in enumerate(classes)}
+    k = len(classes)
+    matrix = np.zeros((k, k), dtype=np.int64)
+    unlabeled = np.zeros(k, dtype=np.int64)
+    positions = [index[c] for c in counts.classes]
+    matrix[np.ix_(positions, positions)] = counts.matrix
+    unlabeled[positions] = counts.unlabeled
+    matrix.setflags(write=False)
+    unlabeled.setflags(write=False)
+    return WindowCounts(counts.window, classes, matrix, unlabeled, counts.rejected, counts.folded)
+
+
+def align(reference: WindowCounts, current: WindowCounts) -> tuple[WindowCounts, WindowCounts]:
+    """Put two windows on the union of their class sets, so they compare cell by cell."""
+    classes = class_order(list(dict.fromkeys(reference.classes + current.classes)))
+    return reindex(reference, classes), reindex(current, classes)

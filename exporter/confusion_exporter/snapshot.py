@@ -8,6 +8,7 @@ from datetime import datetime
 
 from .matrices import SliceKey, WindowCounts
 from .stats.classification import ClassificationMetrics
+from .stats.shift import ShiftReport
 from .windows import Window
 
 
@@ -25,6 +26,7 @@ class SliceResult:
 
     key: SliceKey
     windows: Mapping[str, WindowResult]
+    shift: ShiftReport | None = None  # None where the slice has no reference to compare with
 
 
 @dataclass(frozen=True)

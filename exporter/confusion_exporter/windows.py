@@ -30,8 +30,10 @@ def bucket_end(now: datetime, bucket: timedelta) -> datetime:
     return datetime.fromtimestamp((epoch // size + 1) * size, tz=UTC)
 
 
-def monitor_windows(now: datetime, monitor: MonitorConfig, bucket: timedelta) -> tuple[Window, Window]:
-    """Return the current window and its reference for ``monitor`` as of ``now``."""
+def monitor_windows(now: datetime, monitor: MonitorConfig, bucket: timedelta) -> tuple[Window, ...]:
+    """Return the windows to count for ``monitor`` as of ``now``: the current one first, then
+    the reference span for trailing and offset references (a version reference compares
+    versions within the current window; a baseline is stored, not counted)."""
     current_end = bucket_end(now, bucket) - monitor.label_delay
     current_start = current_end - monitor.window
     current = Window(CURRENT, current_start, current_end)
@@ -40,6 +42,6 @@ def monitor_windows(now: datetime, monitor: MonitorConfig, bucket: timedelta) ->
         reference = Window(REFERENCE, current_start - ref.length, current_start)
     elif isinstance(ref, OffsetReference):
         reference = Window(REFERENCE, current_start - ref.offset, current_end - ref.offset)
-    else:  # pragma: no cover - the config models admit no other kind
-        raise TypeError(f"unsupported reference {ref!r}")
+    else:
+        return (current,)
     return current, reference

@@ -1,0 +1,378 @@
+"""Chi-square tests of confusion-matrix shift between a reference and a current window.
+
+Four tests of homogeneity, each a 2 x C table (reference row, current row):
+
+- ``joint``: the flattened K x K matrices (a column per cell, cells empty in both dropped);
+- ``error_pattern``: per true class, the predicted-class distribution of reference vs
+  current; statistics and degrees of freedom summed over the true classes. Conditioning on
+  the true class makes it blind to a pure change of class priors: this is the test that pages;
+- ``label_prior``: the true-class distributions (label shift);
+- ``prediction_prior``: the predicted-class distributions, unlabeled predictions included,
+  so it can warn before labels arrive.
+
+p-values: where every expected count is >= 5 the chi-square distribution applies and the
+p-value is its survival function, computed in log space so a far-tail p never underflows
+to 0. Where any expected count is < 5 (normal for a good classifier's off-diagonal cells)
+the approximation is wrong, so the p-value is a Monte Carlo conditional test instead:
+tables with the observed margins are drawn (``scipy.stats.random_table``) with a fixed seed
+and a bounded count, and p = (1 + #{simulated >= observed}) / (B + 1), which is valid
+(never below the true p in expectation) at any sample size.
+
+Effect size: bias-corrected Cramér's V (Bergsma 2013), which does not grow with N. For
+``error_pattern`` it is the largest per-true-class V among rows with enough samples: a shift
+confined to one class (the usual failure, e.g. a minority class's misses turning into false
+alarms) must not be diluted by the classes that did not move. See docs/statistics.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import stats
+
+JOINT = "joint"
+ERROR_PATTERN = "error_pattern"
+LABEL_PRIOR = "label_prior"
+PREDICTION_PRIOR = "prediction_prior"
+TESTS = (JOINT, ERROR_PATTERN, LABEL_PRIOR, PREDICTION_PRIOR)
+
+SHIFT = "shift"
+STABLE = "stable"
+INSUFFICIENT_DATA = "insufficient_data"
+STATES = (SHIFT, STABLE, INSUFFICIENT_DATA)
+
+MIN_EXPECTED = 5.0  # Cochran's rule for the chi-square approximation
+DEFAULT_MONTE_CARLO_SAMPLES = 999
+DEFAULT_SEED = 20261123
+LOG10_E = math.log10(math.e)
+
+Counts = NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class ShiftParameters:
+    """Thresholds of one monitor's decisions."""
+
+    alpha: float = 0.01
+    min_effect: float = 0.05
+    min_samples: int = 200
+    min_row_samples: int = 20
+    monte_carlo_samples: int = DEFAULT_MONTE_CARLO_SAMPLES
+    seed: int = DEFAULT_SEED
+    top_cells: int = 10
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """One chi-square test of homogeneity and its decision."""
+
+    test: str
+    statistic: float
+    dof: int
+    p_value: float
+    log10_p_value: float
+    effect_size: float
+    n_reference: int
+    n_current: int
+    monte_carlo: bool
+    state: str
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """The error-pattern test restricted to one true class."""
+
+    true_class: str
+    statistic: float
+    dof: int
+    p_value: float
+    effect_size: float
+    n_reference: int
+    n_current: int
+
+
+@dataclass(frozen=True)
+class CellResidual:
+    """Adjusted standardized residual of a current-window cell within its true-class row.
+
+    Positive: true_class is predicted as predicted_class more often than in the reference.
+    """
+
+    true_class: str
+    predicted_class: str
+    residual: float
+    reference_share: float
+    current_share: float
+
+
+@dataclass(frozen=True)
+class ShiftReport:
+    """All tests of one slice."""
+
+    tests: dict[str, TestResult]
+    rows: tuple[RowResult, ...]
+    cells: tuple[CellResidual, ...]
+
+
+@dataclass(frozen=True)
+class _Table:
+    observed: NDArray[np.float64]  # 2 x C, empty columns dropped
+    expected: NDArray[np.float64]
+    statistic: float
+    dof: int
+    n: int
+
+
+def contingency(reference: Counts, current: Counts) -> _Table:
+    """Build the 2 x C table of two count vectors and its Pearson statistic (scipy's, unrounded)."""
+    observed = np.vstack([np.asarray(reference, np.float64), np.asarray(current, np.float64)])
+    observed = observed[:, observed.sum(axis=0) > 0]
+    n = int(observed.sum())
+    rows, cols = observed.sum(axis=1), observed.sum(axis=0)
+    if n == 0 or (rows == 0).any() or observed.shape[1] < 2:
+        return _Table(observed, observed.copy(), 0.0, 0, n)
+    expected = np.outer(rows, cols) / n
+    statistic = float(((observed - expected) ** 2 / expected).sum())
+    return _Table(observed, expected, statistic, observed.shape[1] - 1, n)
+
+
+def cramers_v_corrected(statistic: float, n: int, rows: int, cols: int) -> float:
+    """Bias-corrected Cramér's V (Bergsma 2013): ~0 under no association at any N."""
+    if n < 2 or rows < 2 or cols < 2:
+        return float("nan")
+    phi2 = statistic / n
+    phi2_corrected = max(0.0, phi2 - (cols - 1) * (rows - 1) / (n - 1))
+    rows_corrected = rows - (rows - 1) ** 2 / (n - 1)
+    cols_corrected = cols - (cols - 1) ** 2 / (n - 1)
+    denominator = min(rows_corrected - 1, cols_corrected - 1)
+    if denominator <= 0:
+        return float("nan")
+    return math.sqrt(phi2_corrected / denominator)
+
+
+def chi2_log_sf(statistic: float, dof: int) -> float:
+    """Natural log of the chi-square survival function, finite however far in the tail.
+
+    scipy's ``logsf`` returns -inf once the survival function underflows (statistic ~1500 at
+    dof 1); there the asymptotic expansion of the regularized upper incomplete gamma function
+    Q(a, z) ~ z^(a-1) e^-z / Gamma(a) * sum_n (a-1)(a-2)...(a-n) / z^n takes over.
+    """
+    log_p = float(stats.chi2.logsf(statistic, dof))
+    if math.isfinite(log_p):
+        return log_p
+    return log_upper_gamma_asymptotic(dof / 2.0, statistic / 2.0)
+
+
+def log_upper_gamma_asymptotic(a: float, z: float) -> float:
+    """log Q(a, z) for z >> a by the asymptotic series (terms taken while they shrink)."""
+    total, term = 1.0, 1.0
+    for n in range(1, 60):
+        next_term = term * (a - n) / z
+        if abs(next_term) >= abs(term) or next_term == 0.0:
+            break
+        term = next_term
+        total += term
+    return (a - 1) * math.log(z) - z - math.lgamma(a) + math.log(total)
+
+
+def _asymptotic_p(statistic: float, dof: int) -> tuple[float, float]:
+    """p and log10 p: p may underflow to 0.0, its logarithm does not."""
+    log_p = chi2_log_sf(statistic, dof)
+    return math.exp(log_p), log_p * LOG10_E
+
+
+def _simulated_statistics(table: _Table, samples: int, rng: np.random.Generator) -> NDArray[np.float64]:
+    """Pearson statistics of tables drawn with the observed margins (the conditional null)."""
+    rows = table.observed.sum(axis=1).astype(np.int64)
+    cols = table.observed.sum(axis=0).astype(np.int64)
+    draws = stats.random_table(rows, cols, seed=rng).rvs(samples).astype(np.float64)
+    return ((draws - table.expected) ** 2 / table.expected).sum(axis=(1, 2))  # type: ignore[no-any-return]
+
+
+def _needs_monte_carlo(tables: list[_Table]) -> bool:
+    return any(t.dof > 0 and (t.expected < MIN_EXPECTED).any() for t in tables)
+
+
+def _monte_carlo_p(observed: float, simulated: NDArray[np.float64]) -> float:
+    # A relative tolerance so that ties in floating point count as "at least as extreme".
+    exceed = int((simulated >= observed * (1 - 1e-12)).sum())
+    return (1 + exceed) / (simulated.size + 1)
+
+
+def _decide(
+    p_value: float, effect: float, n_reference: int, n_current: int, dof: int, params: ShiftParameters
+) -> str:
+    if dof == 0 or min(n_reference, n_current) < params.min_samples:
+        return INSUFFICIENT_DATA
+    if p_value < params.alpha and effect >= params.min_effect:
+        return SHIFT
+    return STABLE
+
+
+def _samples_for(params: ShiftParameters) -> int:
+    # Enough tables that p can fall well below alpha; bounded so cost stays ~milliseconds.
+    return int(min(19_999, max(params.monte_carlo_samples, math.ceil(10 / params.alpha) - 1)))
+
+
+def homogeneity_test(name: str, reference: Counts, current: Counts, params: ShiftParameters) -> TestResult:
+    """One 2 x C chi-square test of homogeneity with its effect size and decision."""
+    table = contingency(reference, current)
+    n_ref, n_cur = int(np.sum(reference)), int(np.sum(current))
+    monte_carlo = _needs_monte_carlo([table])
+    if table.dof == 0:
+        p_value, log10_p = 1.0, 0.0
+    elif monte_carlo:
+        rng = np.random.default_rng(params.seed)
+        p_value = _monte_carlo_p(table.statistic, _simulated_statistics(table, _samples_for(params), rng))
+        log10_p = math.log10(p_value)
+    else:
+        p_value, log10_p = _asymptotic_p(table.statistic, table.dof)
+    effect = cramers_v_corrected(table.statistic, table.n, 2, table.observed.shape[1])
+    return TestResult(
+        test=name,
+        statistic=table.statistic,
+        dof=table.dof,
+        p_value=p_value,
+        log10_p_value=log10_p,
+        effect_size=effect,
+        n_reference=n_ref,
+        n_current=n_cur,
+        monte_carlo=monte_carlo,
+        state=_decide(p_value, effect, n_ref, n_cur, table.dof, params),
+    )
+
+
+def error_pattern_test(
+    reference: Counts, current: Counts, classes: tuple[str, ...], params: ShiftParameters
+) -> tuple[TestResult, tuple[RowResult, ...], tuple[CellResidual, ...]]:
+    """Per-true-class tests of the predicted distribution, summed; with per-row results and residuals."""
+    tables = [contingency(reference[i], current[i]) for i in range(len(classes))]
+    statistic = float(sum(t.statistic for t in tables))
+    dof = int(sum(t.dof for t in tables))
+    monte_carlo = _needs_monte_carlo(tables)
+    row_p = [1.0 if t.dof == 0 else float(stats.chi2.sf(t.statistic, t.dof)) for t in tables]
+    if dof == 0:
+        p_value, log10_p = 1.0, 0.0
+    elif monte_carlo:
+        rng = np.random.default_rng(params.seed)
+        samples = _samples_for(params)
+        total = np.zeros(samples)
+        for i, table in enumerate(tables):
+            if table.dof == 0:
+                continue
+            simulated = _simulated_statistics(table, samples, rng)
+            total += simulated
+            row_p[i] = _monte_carlo_p(table.statistic, simulated)
+        p_value = _monte_carlo_p(statistic, total)
+        log10_p = math.log10(p_value)
+    else:
+        p_value, log10_p = _asymptotic_p(statistic, dof)
+
+    rows = []
+    for i, (name, table) in enumerate(zip(classes, tables, strict=True)):
+        n_ref, n_cur = int(reference[i].sum()), int(current[i].sum())
+        effect = (
+            cramers_v_corrected(table.statistic, table.n, 2, table.observed.shape[1]) if table.dof else 0.0
+        )
+        rows.append(RowResult(name, table.statistic, table.dof, row_p[i], effect, n_ref, n_cur))
+    eligible = [
+        r.effect_size for r in rows if r.dof > 0 and min(r.n_reference, r.n_current) >= params.min_row_samples
+    ]
+    effect = max(eligible) if eligible else 0.0
+    n_ref, n_cur = int(reference.sum()), int(current.sum())
+    result = TestResult(
+        test=ERROR_PATTERN,
+        statistic=statistic,
+        dof=dof,
+        p_value=p_value,
+        log10_p_value=log10_p,
+        effect_size=effect,
+        n_reference=n_ref,
+        n_current=n_cur,
+        monte_carlo=monte_carlo,
+        state=_decide(p_value, effect, n_ref, n_cur, dof, params),
+    )
+    return result, tuple(rows), top_residuals(reference, current, classes, params.top_cells)
+
+
+def adjusted_residuals(reference: Counts, current: Counts) -> NDArray[np.float64]:
+    """Adjusted standardized residuals of the current row of each true class's 2 x K table.
+
+    r = (O - E) / sqrt(E (1 - row share) (1 - column share)); ~N(0, 1) under no shift.
+    NaN where the cell is empty in both windows or the row is empty in either.
+    """
+    ref = np.asarray(reference, np.float64)
+    cur = np.asarray(current, np.float64)
+    out = np.full(cur.shape, np.nan)
+    for i in range(cur.shape[0]):
+        n_ref, n_cur = ref[i].sum(), cur[i].sum()
+        n = n_ref + n_cur
+        if n_ref == 0 or n_cur == 0:
+            continue
+        col = ref[i] + cur[i]
+        valid = col > 0
+        expected = n_cur * col / n
+        variance = expected * (1 - n_cur / n) * (1 - col / n)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = (cur[i] - expected) / np.sqrt(variance)
+        r[variance == 0] = 0.0
+        out[i, valid] = r[valid]
+    return out
+
+
+def top_residuals(
+    reference: Counts, current: Counts, classes: tuple[str, ...], n: int
+) -> tuple[CellResidual, ...]:
+    """The ``n`` cells whose share of their true class moved the most, by |adjusted residual|."""
+    residuals = adjusted_residuals(reference, current)
+    finite = np.argwhere(np.isfinite(residuals) & (residuals != 0))
+    ranked = sorted(finite, key=lambda ij: (-abs(residuals[ij[0], ij[1]]), ij[0], ij[1]))[:n]
+    out = []
+    for i, j in ranked:
+        ref_row, cur_row = reference[i].sum(), current[i].sum()
+        out.append(
+            CellResidual(
+                true_class=classes[i],
+                predicted_class=classes[j],
+                residual=float(residuals[i, j]),
+                reference_share=float(reference[i, j] / ref_row) if ref_row else float("nan"),
+                current_share=float(current[i, j] / cur_row) if cur_row else float("nan"),
+            )
+        )
+    return tuple(out)
+
+
+def shift_report(
+    reference: Counts,
+    current: Counts,
+    reference_unlabeled: Counts,
+    current_unlabeled: Counts,
+    classes: tuple[str, ...],
+    params: ShiftParameters,
+) -> ShiftReport:
+    """Run all four tests between two K x K matrices sharing the class order ``classes``."""
+    ref = np.asarray(reference, np.int64)
+    cur = np.asarray(current, np.int64)
+    error_pattern, rows, cells = error_pattern_test(ref, cur, classes, params)
+    tests = {
+        JOINT: homogeneity_test(JOINT, ref.ravel(), cur.ravel(), params),
+        ERROR_PATTERN: error_pattern,
+        LABEL_PRIOR: homogeneity_test(LABEL_PRIOR, ref.sum(axis=1), cur.sum(axis=1), params),
+        PREDICTION_PRIOR: homogeneity_test(
+            PREDICTION_PRIOR,
+            ref.sum(axis=0) + np.asarray(reference_unlabeled, np.int64),
+            cur.sum(axis=0) + np.asarray(current_unlabeled, np.int64),
+            params,
+        ),
+    }
+    return ShiftReport(tests=tests, rows=rows, cells=cells)
+
+
+def missing_reference_report() -> ShiftReport:
+    """Every test undecided: there is nothing to compare the current window with."""
+    nan = float("nan")
+    tests = {name: TestResult(name, nan, 0, nan, nan, nan, 0, 0, False, INSUFFICIENT_DATA) for name in TESTS}
+    return ShiftReport(tests=tests, rows=(), cells=())

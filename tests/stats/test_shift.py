@@ -1,0 +1,215 @@
+"""Shift tests against scipy.stats.chi2_contingency, and their decisions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from confusion_exporter.stats.shift import (
+    ERROR_PATTERN,
+    INSUFFICIENT_DATA,
+    JOINT,
+    LABEL_PRIOR,
+    PREDICTION_PRIOR,
+    SHIFT,
+    STABLE,
+    ShiftParameters,
+    adjusted_residuals,
+    contingency,
+    cramers_v_corrected,
+    homogeneity_test,
+    shift_report,
+)
+
+PARAMS = ShiftParameters(alpha=0.01, min_effect=0.05, min_samples=100)
+
+
+def dense_pairs(max_cols: int = 12):  # type: ignore[no-untyped-def]
+    """Two count vectors whose 2 x C table has every expected count >= 5."""
+    return st.integers(2, max_cols).flatmap(
+        lambda c: st.tuples(
+            st.lists(st.integers(20, 5000), min_size=c, max_size=c),
+            st.lists(st.integers(20, 5000), min_size=c, max_size=c),
+        )
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(pair=dense_pairs())
+def test_homogeneity_equals_scipy_where_the_plain_test_applies(pair):
+    reference, current = (np.array(v, dtype=np.int64) for v in pair)
+    table = np.vstack([reference, current])
+    chi2, p, dof, expected = stats.chi2_contingency(table, correction=False)
+    assume((expected >= 5).all())
+    result = homogeneity_test(JOINT, reference, current, PARAMS)
+    assert not result.monte_carlo
+    assert result.dof == dof
+    assert result.statistic == pytest.approx(chi2, rel=1e-9, abs=1e-12)
+    assert result.p_value == pytest.approx(p, rel=1e-9, abs=1e-300)
+    assert result.log10_p_value == pytest.approx(math.log10(p), rel=1e-9, abs=1e-12) if p > 0 else True
+
+
+@settings(max_examples=150, deadline=None)
+@given(k=st.integers(2, 8), data=st.data())
+def test_error_pattern_sums_scipy_over_true_classes(k, data):
+    cells = st.lists(st.integers(30, 3000), min_size=k * k, max_size=k * k)
+    reference = np.array(data.draw(cells), dtype=np.int64).reshape(k, k)
+    current = np.array(data.draw(cells), dtype=np.int64).reshape(k, k)
+    report = shift_report(
+        reference,
+        current,
+        np.zeros(k, np.int64),
+        np.zeros(k, np.int64),
+        tuple(str(i) for i in range(k)),
+        PARAMS,
+    )
+    total, dof = 0.0, 0
+    for i in range(k):
+        chi2, p_row, d, expected = stats.chi2_contingency(
+            np.vstack([reference[i], current[i]]), correction=False
+        )
+        assume((expected >= 5).all())
+        total += chi2
+        dof += d
+        assert report.rows[i].statistic == pytest.approx(chi2, rel=1e-9)
+        assert report.rows[i].p_value == pytest.approx(p_row, rel=1e-9, abs=1e-300)
+    result = report.tests[ERROR_PATTERN]
+    assert not result.monte_carlo
+    assert result.dof == dof
+    assert result.statistic == pytest.approx(total, rel=1e-9)
+    assert result.p_value == pytest.approx(stats.chi2.sf(total, dof), rel=1e-9, abs=1e-300)
+    # The other three tests are plain 2 x C tests of flattened or marginal counts.
+    for name, ref, cur in (
+        (JOINT, reference.ravel(), current.ravel()),
+        (LABEL_PRIOR, reference.sum(1), current.sum(1)),
+        (PREDICTION_PRIOR, reference.sum(0), current.sum(0)),
+    ):
+        chi2, p, d, _ = stats.chi2_contingency(np.vstack([ref, cur]), correction=False)
+        assert report.tests[name].statistic == pytest.approx(chi2, rel=1e-9)
+        assert report.tests[name].dof == d
+
+
+def test_far_tail_p_values_do_not_underflow():
+    reference = np.array([100_000, 100], dtype=np.int64)
+    current = np.array([100, 100_000], dtype=np.int64)
+    result = homogeneity_test(JOINT, reference, current, PARAMS)
+    assert result.log10_p_value < -1000  # far below the smallest double
+    assert math.isfinite(result.log10_p_value)
+    assert result.state == SHIFT
+
+
+def test_empty_cells_in_both_windows_are_dropped():
+    with_zeros = homogeneity_test(JOINT, np.array([50, 0, 60, 70]), np.array([55, 0, 40, 80]), PARAMS)
+    without = homogeneity_test(JOINT, np.array([50, 60, 70]), np.array([55, 40, 80]), PARAMS)
+    assert with_zeros.statistic == pytest.approx(without.statistic)
+    assert with_zeros.dof == without.dof == 2
+
+
+def test_bias_corrected_cramers_v():
+    # Independence at large N: corrected V is ~0 while plain V is not.
+    rng = np.random.default_rng(1)
+    probabilities = np.array([0.5, 0.3, 0.2])
+    table = contingency(rng.multinomial(50_000, probabilities), rng.multinomial(50_000, probabilities))
+    assert cramers_v_corrected(table.statistic, table.n, 2, 3) < 0.01
+    # A fixed real difference: V does not grow with N (chi-square does).
+    small = contingency(np.array([600, 400]), np.array([400, 600]))
+    large = contingency(np.array([60_000, 40_000]), np.array([40_000, 60_000]))
+    v_small = cramers_v_corrected(small.statistic, small.n, 2, 2)
+    v_large = cramers_v_corrected(large.statistic, large.n, 2, 2)
+    assert large.statistic > 90 * small.statistic
+    assert v_small == pytest.approx(0.2, abs=0.005) and v_large == pytest.approx(0.2, abs=0.001)
+    # Without correction it is scipy's Cramer's V.
+    scipy_v = stats.contingency.association(np.vstack([[600, 400], [400, 600]]), method="cramer")
+    assert math.sqrt(small.statistic / small.n) == pytest.approx(scipy_v)
+
+
+def test_decisions():
+    base = np.array([[900, 50], [40, 800]], dtype=np.int64)
+    zeros = np.zeros(2, np.int64)
+    classes = ("a", "b")
+    same = shift_report(base * 10, base, zeros, zeros, classes, PARAMS)
+    assert same.tests[ERROR_PATTERN].state == STABLE
+    assert same.tests[ERROR_PATTERN].p_value == pytest.approx(1.0)
+    few = shift_report(base, np.array([[5, 5], [0, 10]]), zeros, zeros, classes, PARAMS)
+    assert {t.state for t in few.tests.values()} == {INSUFFICIENT_DATA}  # 20 < min_samples
+    moved = shift_report(base * 10, np.array([[700, 250], [40, 800]]), zeros, zeros, classes, PARAMS)
+    assert moved.tests[ERROR_PATTERN].state == SHIFT
+    # Significant but tiny: stable, because the effect is below min_effect.
+    huge = base * 10_000
+    nudged = huge.copy()
+    nudged[0] += [-20_000, 20_000]
+    tiny = shift_report(huge, nudged, zeros, zeros, classes, PARAMS)
+    assert tiny.tests[ERROR_PATTERN].p_value < 1e-10
+    assert tiny.tests[ERROR_PATTERN].effect_size < 0.05
+    assert tiny.tests[ERROR_PATTERN].state == STABLE
+
+
+def test_a_pure_label_prior_shift_moves_label_prior_not_error_pattern():
+    confusion = np.array([[0.95, 0.04, 0.01], [0.05, 0.90, 0.05], [0.02, 0.08, 0.90]])
+    rng = np.random.default_rng(4)
+
+    def draw(priors: list[float], n: int) -> np.ndarray:
+        support = rng.multinomial(n, priors)
+        return np.vstack([rng.multinomial(s, confusion[i]) for i, s in enumerate(support)])
+
+    reference = draw([0.6, 0.3, 0.1], 200_000)
+    current = draw([0.2, 0.3, 0.5], 20_000)  # the world changed, the model did not
+    zeros = np.zeros(3, np.int64)
+    report = shift_report(reference, current, zeros, zeros, ("a", "b", "c"), PARAMS)
+    assert report.tests[LABEL_PRIOR].state == SHIFT
+    assert report.tests[ERROR_PATTERN].state == STABLE
+    assert report.tests[PREDICTION_PRIOR].state == SHIFT  # predictions follow the labels
+
+
+def test_monte_carlo_for_sparse_tables_is_deterministic_and_bounded():
+    reference = np.array([[480, 3, 1], [2, 300, 0], [1, 0, 150]], dtype=np.int64)
+    current = np.array([[40, 4, 0], [0, 25, 1], [0, 1, 12]], dtype=np.int64)
+    zeros = np.zeros(3, np.int64)
+    first = shift_report(reference, current, zeros, zeros, ("a", "b", "c"), PARAMS)
+    second = shift_report(reference, current, zeros, zeros, ("a", "b", "c"), PARAMS)
+    result = first.tests[ERROR_PATTERN]
+    assert result.monte_carlo
+    assert result.p_value == second.tests[ERROR_PATTERN].p_value  # fixed seed
+    assert 1 / (PARAMS.monte_carlo_samples + 1) <= result.p_value <= 1
+
+
+def test_adjusted_residuals_of_a_2x2_are_the_signed_root_of_chi_square():
+    reference = np.array([[300, 100]], dtype=np.int64)
+    current = np.array([[200, 150]], dtype=np.int64)
+    residuals = adjusted_residuals(reference, current)
+    chi2 = stats.chi2_contingency(np.vstack([reference[0], current[0]]), correction=False)[0]
+    assert residuals[0, 1] == pytest.approx(math.sqrt(chi2))
+    assert residuals[0, 0] == pytest.approx(-math.sqrt(chi2))
+
+
+def test_top_cells_name_the_confusion_that_grew():
+    k = 10
+    reference = np.full((k, k), 10, dtype=np.int64) + np.diag(np.full(k, 2000))
+    current = reference.copy()
+    current[8, 1] += 150  # true 8 predicted as 1, much more often
+    zeros = np.zeros(k, np.int64)
+    report = shift_report(reference * 5, current, zeros, zeros, tuple(str(i) for i in range(k)), PARAMS)
+    top = report.cells[0]
+    assert (top.true_class, top.predicted_class) == ("8", "1")
+    assert top.residual > 0 and top.current_share > top.reference_share
+    assert max(report.rows, key=lambda r: r.effect_size).true_class == "8"
+    assert report.tests[ERROR_PATTERN].state == SHIFT
+
+
+@pytest.mark.parametrize("dof", [1, 2, 9, 49])
+def test_log_survival_is_continuous_where_scipy_gives_up(dof):
+    from confusion_exporter.stats.shift import chi2_log_sf, log_upper_gamma_asymptotic
+
+    # Where scipy's logsf is still finite, the asymptotic series agrees with it.
+    for statistic in (400.0 + 10 * dof, 700.0 + 10 * dof):
+        expected = stats.chi2.logsf(statistic, dof)
+        assert math.isfinite(expected)
+        assert log_upper_gamma_asymptotic(dof / 2, statistic / 2) == pytest.approx(expected, rel=1e-9)
+    # Beyond scipy's range, the value keeps decreasing smoothly instead of jumping to -inf.
+    values = [chi2_log_sf(x, dof) for x in (1e4, 1e5, 1e6)]
+    assert all(math.isfinite(v) for v in values) and values[0] > values[1] > values[2]
