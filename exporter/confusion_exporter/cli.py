@@ -127,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--seed", type=int, default=0)
 
+    baseline = sub.add_parser("baseline", help="pinned baselines for monitors with reference kind 'baseline'")
+    baseline_sub = baseline.add_subparsers(dest="baseline_command", required=True)
+    capture = baseline_sub.add_parser(
+        "capture", help="count a monitor over a finished span and store it by name"
+    )
+    _config_arg(capture)
+    capture.add_argument("--monitor", required=True, help="monitor name (the 'monitor' label)")
+    capture.add_argument("--from", dest="start", type=_timestamp, required=True, help="span start (ISO 8601)")
+    capture.add_argument("--to", dest="end", type=_timestamp, required=True, help="span end, exclusive")
+    capture.add_argument(
+        "--name", required=True, help="baseline name, as in reference: {kind: baseline, name: N}"
+    )
+
     demo = sub.add_parser("demo", help="no Docker: embedded Postgres + simulator + exporter on :9745")
     demo.add_argument("--data-dir", default=".demo/pgdata", help="embedded PostgreSQL data directory")
     demo.add_argument("--history", type=_duration, default=timedelta(hours=3), help="traffic to backfill")
@@ -230,6 +243,22 @@ def serve(config: Config, url: DatabaseUrl) -> int:
     return EXIT_OK
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from .baseline import capture_baseline
+    from .source.database import admin_engine
+
+    config = _load(args)
+    engine = admin_engine(resolve_database_url(config))
+    try:
+        slices, cells = capture_baseline(
+            engine, config, args.monitor, args.name, args.start, args.end, _now()
+        )
+    finally:
+        engine.dispose()
+    print(f"baseline {args.name!r} of monitor {args.monitor!r}: {slices} slice(s), {cells} cell(s) stored")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -314,6 +343,7 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "simulate": cmd_simulate,
     "demo": cmd_demo,
+    "baseline": cmd_baseline,
 }
 
 

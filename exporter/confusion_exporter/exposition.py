@@ -214,8 +214,8 @@ class _Families:
         )
         self.row_effect = gauge(
             "confusion_shift_row_effect_size",
-            "Bias-corrected Cramer's V of this true class's predicted-class distribution, reference vs current."
-            + CACHED,
+            "Bias-corrected Cramer's V of this true class's predicted-class distribution, reference vs "
+            "current." + CACHED,
             labels=[*SLICE_LABELS, "true_class"],
         )
         self.cell_residual = gauge(

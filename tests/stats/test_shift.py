@@ -20,8 +20,8 @@ from confusion_exporter.stats.shift import (
     STABLE,
     ShiftParameters,
     adjusted_residuals,
+    balanced_cramers_v,
     contingency,
-    cramers_v_corrected,
     homogeneity_test,
     shift_report,
 )
@@ -110,22 +110,37 @@ def test_empty_cells_in_both_windows_are_dropped():
     assert with_zeros.dof == without.dof == 2
 
 
-def test_bias_corrected_cramers_v():
-    # Independence at large N: corrected V is ~0 while plain V is not.
+def test_bias_corrected_effect_size_does_not_grow_with_n():
+    # No change at large N: ~0, while the uncorrected distance is not.
     rng = np.random.default_rng(1)
     probabilities = np.array([0.5, 0.3, 0.2])
-    table = contingency(rng.multinomial(50_000, probabilities), rng.multinomial(50_000, probabilities))
-    assert cramers_v_corrected(table.statistic, table.n, 2, 3) < 0.01
-    # A fixed real difference: V does not grow with N (chi-square does).
+    null = balanced_cramers_v(rng.multinomial(50_000, probabilities), rng.multinomial(50_000, probabilities))
+    assert null < 0.01
+    # A fixed real difference: the effect is the same at N = 2,000 and 200,000 (chi-square is not).
     small = contingency(np.array([600, 400]), np.array([400, 600]))
     large = contingency(np.array([60_000, 40_000]), np.array([40_000, 60_000]))
-    v_small = cramers_v_corrected(small.statistic, small.n, 2, 2)
-    v_large = cramers_v_corrected(large.statistic, large.n, 2, 2)
     assert large.statistic > 90 * small.statistic
+    v_small = balanced_cramers_v(np.array([600, 400]), np.array([400, 600]))
+    v_large = balanced_cramers_v(np.array([60_000, 40_000]), np.array([40_000, 60_000]))
     assert v_small == pytest.approx(0.2, abs=0.005) and v_large == pytest.approx(0.2, abs=0.001)
-    # Without correction it is scipy's Cramer's V.
+    # Uncorrected and at equal sizes, it is scipy's Cramer's V.
     scipy_v = stats.contingency.association(np.vstack([[600, 400], [400, 600]]), method="cramer")
     assert math.sqrt(small.statistic / small.n) == pytest.approx(scipy_v)
+
+
+@settings(max_examples=100, deadline=None)
+@given(pair=dense_pairs(max_cols=6), ratio=st.integers(1, 50))
+def test_balanced_v_ignores_the_window_size_ratio(pair, ratio):
+    reference, current = (np.array(v, dtype=np.int64) for v in pair)
+    # At equal sizes it is Cramer's V of the table, less its small-sample bias.
+    equal = balanced_cramers_v(reference * current.sum(), current * reference.sum())
+    v = stats.contingency.association(
+        np.vstack([reference * current.sum(), current * reference.sum()]), method="cramer"
+    )
+    assert equal == pytest.approx(v, abs=1e-3)
+    # A longer reference with the same distribution leaves it (almost) unchanged, where plain V shrinks.
+    longer = balanced_cramers_v(reference * ratio, current)
+    assert longer == pytest.approx(balanced_cramers_v(reference, current), abs=0.02)
 
 
 def test_decisions():

@@ -18,7 +18,8 @@ tables with the observed margins are drawn (``scipy.stats.random_table``) with a
 and a bounded count, and p = (1 + #{simulated >= observed}) / (B + 1), which is valid
 (never below the true p in expectation) at any sample size.
 
-Effect size: bias-corrected Cramér's V (Bergsma 2013), which does not grow with N. For
+Effect size: bias-corrected Cramér's V at balanced allocation (:func:`balanced_cramers_v`),
+which grows neither with N nor with the size ratio of the two windows. For
 ``error_pattern`` it is the largest per-true-class V among rows with enough samples: a shift
 confined to one class (the usual failure, e.g. a minority class's misses turning into false
 alarms) must not be diluted by the classes that did not move. See docs/statistics.md.
@@ -139,18 +140,28 @@ def contingency(reference: Counts, current: Counts) -> _Table:
     return _Table(observed, expected, statistic, observed.shape[1] - 1, n)
 
 
-def cramers_v_corrected(statistic: float, n: int, rows: int, cols: int) -> float:
-    """Bias-corrected Cramér's V (Bergsma 2013): ~0 under no association at any N."""
-    if n < 2 or rows < 2 or cols < 2:
+def balanced_cramers_v(reference: Counts, current: Counts) -> float:
+    """Bias-corrected Cramér's V of two distributions, as if both windows had equal size.
+
+    For a 2 x C table with window shares w and 1-w, phi^2 = w(1-w) * sum (p-q)^2 / m, so plain
+    Cramér's V of a 1 h window against a 24 h reference is ~0.39x that of 1 h against 1 h for
+    the same change. Weighting both windows equally removes that dependence:
+    V^2 = 1/4 * sum_j (p_j - q_j)^2 / ((p_j + q_j) / 2), which equals Cramér's V at equal sizes
+    and lies in [0, 1]. Its sampling bias under no change, (C-1)(1/n_ref + 1/n_cur) inside
+    the sum, is subtracted (as in Bergsma 2013), so it is ~0 under no change at any N.
+    """
+    ref = np.asarray(reference, np.float64)
+    cur = np.asarray(current, np.float64)
+    n_ref, n_cur = ref.sum(), cur.sum()
+    if n_ref == 0 or n_cur == 0:
         return float("nan")
-    phi2 = statistic / n
-    phi2_corrected = max(0.0, phi2 - (cols - 1) * (rows - 1) / (n - 1))
-    rows_corrected = rows - (rows - 1) ** 2 / (n - 1)
-    cols_corrected = cols - (cols - 1) ** 2 / (n - 1)
-    denominator = min(rows_corrected - 1, cols_corrected - 1)
-    if denominator <= 0:
-        return float("nan")
-    return math.sqrt(phi2_corrected / denominator)
+    keep = (ref + cur) > 0
+    p, q = ref[keep] / n_ref, cur[keep] / n_cur
+    if p.size < 2:
+        return 0.0
+    distance = float(((p - q) ** 2 / ((p + q) / 2)).sum())
+    corrected = distance - (p.size - 1) * (1 / n_ref + 1 / n_cur)
+    return math.sqrt(max(0.0, corrected) / 4)
 
 
 def chi2_log_sf(statistic: float, dof: int) -> float:
@@ -230,7 +241,7 @@ def homogeneity_test(name: str, reference: Counts, current: Counts, params: Shif
         log10_p = math.log10(p_value)
     else:
         p_value, log10_p = _asymptotic_p(table.statistic, table.dof)
-    effect = cramers_v_corrected(table.statistic, table.n, 2, table.observed.shape[1])
+    effect = balanced_cramers_v(reference, current)
     return TestResult(
         test=name,
         statistic=table.statistic,

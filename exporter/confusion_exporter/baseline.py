@@ -1,0 +1,53 @@
+"""Capture a pinned baseline: count a monitor's slices over a fixed span and store them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+
+from .config import Config, ConfigError
+from .matrices import build_slices
+from .source.baselines import write_baseline
+from .source.counts import count_query, fetch_counts
+from .windows import REFERENCE, Window
+
+
+def capture_baseline(
+    engine: Engine,
+    config: Config,
+    monitor_name: str,
+    name: str,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+) -> tuple[int, int]:
+    """Store baseline ``name`` for ``monitor_name`` over ``[start, end)``; return (slices, cells)."""
+    monitors = {m.monitor_name: m for m in config.monitors}
+    if monitor_name not in monitors:
+        raise ConfigError([f"--monitor: unknown monitor {monitor_name!r}; monitors: {', '.join(monitors)}"])
+    if not start < end:
+        raise ConfigError(["--from/--to: --from must be earlier than --to"])
+    if end > now:
+        raise ConfigError(["--to: the span must have ended; a baseline is a finished window"])
+    monitor = monitors[monitor_name]
+    settings = config.exporter
+    size = int(settings.bucket.total_seconds())
+    for flag, instant in (("--from", start), ("--to", end)):
+        if instant.timestamp() % size:
+            raise ConfigError(
+                [
+                    f"{flag}: {instant.isoformat()} is not on a {size}s bucket boundary (exporter.bucket); "
+                    "windows are sums of whole buckets"
+                ]
+            )
+    window = Window(REFERENCE, start, end)
+    query = count_query(config.source(monitor.source), monitor, (window,), now, settings.bucket)
+    with engine.begin() as connection:
+        rows = fetch_counts(connection, query)
+        slices = build_slices(
+            rows, (window,), size, monitor.classes, monitor.max_classes or settings.max_classes
+        )
+        by_slice = {key: by_window[REFERENCE] for key, by_window in slices.items()}
+        cells = write_baseline(connection, name, monitor_name, window, by_slice, now)
+    return len(by_slice), cells
