@@ -285,9 +285,7 @@ def error_pattern_test(
     rows = []
     for i, (name, table) in enumerate(zip(classes, tables, strict=True)):
         n_ref, n_cur = int(reference[i].sum()), int(current[i].sum())
-        effect = (
-            cramers_v_corrected(table.statistic, table.n, 2, table.observed.shape[1]) if table.dof else 0.0
-        )
+        effect = balanced_cramers_v(reference[i], current[i]) if table.dof else 0.0
         rows.append(RowResult(name, table.statistic, table.dof, row_p[i], effect, n_ref, n_cur))
     eligible = [
         r.effect_size for r in rows if r.dof > 0 and min(r.n_reference, r.n_current) >= params.min_row_samples
