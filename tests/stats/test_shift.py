@@ -128,19 +128,26 @@ def test_bias_corrected_effect_size_does_not_grow_with_n():
     assert math.sqrt(small.statistic / small.n) == pytest.approx(scipy_v)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(pair=dense_pairs(max_cols=6), ratio=st.integers(1, 50))
-def test_balanced_v_ignores_the_window_size_ratio(pair, ratio):
+def test_balanced_v_is_cramers_v_at_equal_sizes_whatever_the_size_ratio(pair, ratio):
     reference, current = (np.array(v, dtype=np.int64) for v in pair)
-    # At equal sizes it is Cramer's V of the table, less its small-sample bias.
-    equal = balanced_cramers_v(reference * current.sum(), current * reference.sum())
-    v = stats.contingency.association(
-        np.vstack([reference * current.sum(), current * reference.sum()]), method="cramer"
+    cols = int(((reference + current) > 0).sum())
+    # Scaled to equal totals, the table's Cramer's V (scipy) less the bias term is the effect size.
+    equal_ref, equal_cur = reference * current.sum(), current * reference.sum()
+    v = stats.contingency.association(np.vstack([equal_ref, equal_cur]), method="cramer")
+    bias = (cols - 1) * (1 / equal_ref.sum() + 1 / equal_cur.sum()) / 4
+    assert balanced_cramers_v(equal_ref, equal_cur) ** 2 == pytest.approx(max(0.0, v**2 - bias), abs=1e-12)
+    # A reference `ratio` times longer with the same distribution changes only the bias term,
+    # where plain Cramer's V would shrink by sqrt(w(1-w)) with the window shares w.
+    d = (
+        balanced_cramers_v(reference, current) ** 2
+        + (cols - 1) * (1 / reference.sum() + 1 / current.sum()) / 4
     )
-    assert equal == pytest.approx(v, abs=1e-3)
-    # A longer reference with the same distribution leaves it (almost) unchanged, where plain V shrinks.
-    longer = balanced_cramers_v(reference * ratio, current)
-    assert longer == pytest.approx(balanced_cramers_v(reference, current), abs=0.02)
+    longer = balanced_cramers_v(reference * ratio, current) ** 2
+    expected = d - (cols - 1) * (1 / (ratio * reference.sum()) + 1 / current.sum()) / 4
+    if balanced_cramers_v(reference, current) > 0:
+        assert longer == pytest.approx(max(0.0, expected), abs=1e-12)
 
 
 def test_decisions():
