@@ -29,6 +29,7 @@ alarms) must not be diluted by the classes that did not move. See docs/statistic
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ INSUFFICIENT_DATA = "insufficient_data"
 STATES = (SHIFT, STABLE, INSUFFICIENT_DATA)
 
 MIN_EXPECTED = 5.0  # Cochran's rule for the chi-square approximation
+MIN_ROW_TOTAL = 1000  # below this many predictions in either window, simulate instead
 DEFAULT_MONTE_CARLO_SAMPLES = 999
 DEFAULT_SEED = 20261123
 LOG10_E = math.log10(math.e)
@@ -197,6 +199,17 @@ def _asymptotic_p(statistic: float, dof: int) -> tuple[float, float]:
     return math.exp(log_p), log_p * LOG10_E
 
 
+def _table_rng(seed: int, counts: NDArray[np.generic]) -> np.random.Generator:
+    """A generator seeded by the configured seed and the table itself.
+
+    The same table always gets the same p-value (reproducible snapshots and tests), while
+    different tables get independent draws: a Monte Carlo p-value is valid on average over
+    its draws, which one draw reused for every table would not give.
+    """
+    digest = zlib.crc32(np.ascontiguousarray(counts, dtype=np.int64).tobytes())
+    return np.random.default_rng([seed, digest])
+
+
 def _simulated_statistics(table: _Table, samples: int, rng: np.random.Generator) -> NDArray[np.float64]:
     """Pearson statistics of tables drawn with the observed margins (the conditional null)."""
     rows = table.observed.sum(axis=1).astype(np.int64)
@@ -231,8 +244,17 @@ def sequential_monte_carlo_p(
     return (1 + hits) / (1 + drawn), drawn
 
 
+def _sparse(table: _Table) -> bool:
+    """Where Pearson's statistic is not chi-square enough: an expected count below 5, or a
+    small window (measured: at 200 labels against 4,800 the asymptotic test alarmed in 1.1-1.4%
+    of no-change pairs at alpha = 1%, with every expected count above 5)."""
+    if table.dof == 0:
+        return False
+    return bool((table.expected < MIN_EXPECTED).any() or table.observed.sum(axis=1).min() < MIN_ROW_TOTAL)
+
+
 def _needs_monte_carlo(tables: list[_Table]) -> bool:
-    return any(t.dof > 0 and (t.expected < MIN_EXPECTED).any() for t in tables)
+    return any(_sparse(t) for t in tables)
 
 
 def _monte_carlo_p(observed: float, simulated: NDArray[np.float64]) -> float:
@@ -264,7 +286,7 @@ def homogeneity_test(name: str, reference: Counts, current: Counts, params: Shif
     if table.dof == 0:
         p_value, log10_p = 1.0, 0.0
     elif monte_carlo:
-        rng = np.random.default_rng(params.seed)
+        rng = _table_rng(params.seed, table.observed)
         p_value, _ = sequential_monte_carlo_p(
             table.statistic, lambda size: _simulated_statistics(table, size, rng), _samples_for(params)
         )
@@ -298,8 +320,8 @@ def error_pattern_test(
     if dof == 0:
         p_value, log10_p = 1.0, 0.0
     elif monte_carlo:
-        rng = np.random.default_rng(params.seed)
-        sparse = [i for i, t in enumerate(tables) if t.dof > 0 and (t.expected < MIN_EXPECTED).any()]
+        rng = _table_rng(params.seed, np.vstack([reference, current]))
+        sparse = [i for i, t in enumerate(tables) if _sparse(t)]
         dense_dof = sum(t.dof for i, t in enumerate(tables) if i not in sparse)
         per_row: dict[int, list[NDArray[np.float64]]] = {i: [] for i in sparse}
 
