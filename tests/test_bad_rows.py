@@ -131,3 +131,18 @@ def test_awkward_class_names_survive_to_a_valid_exposition(admin_engine, exporte
     body = render(SnapshotCollector(snapshot))
     check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
     assert check.returncode == 0, check.stderr.decode()
+
+
+def test_class_names_are_escaped_on_the_landing_page(admin_engine, exporter_url):
+    from confusion_exporter.web import landing_page
+
+    table = create_scored_events(admin_engine)
+    evil = "<script>alert(1)</script>"
+    insert_rows(
+        admin_engine,
+        table,
+        [Row("m", "v1", IN_CURRENT, evil, "cat"), Row("m", "v1", IN_REFERENCE, "cat", evil)],
+    )
+    page = landing_page(snapshot_at(make_config(table), exporter_url)).decode()
+    assert evil not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -200,8 +200,11 @@ def test_live_metrics_and_snapshot_cli_pass_promtool(cli, admin_engine, exporter
             )
         )
         _, body, _ = http_get(exporter.url("/metrics"))
+        status, page, _ = http_get(exporter.url("/"))
     finally:
         exporter.stop()
+    assert status == 200
+    assert b"error_pattern: " in page and b"<table class=matrix>" in page
     live = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
     assert live.returncode == 0, live.stderr.decode() + live.stdout.decode()
 

@@ -14,6 +14,7 @@ from . import __version__
 from .exposition import CONTENT_TYPE, render_process
 from .refresher import Published
 from .snapshot import Snapshot, WindowResult
+from .stats.shift import ShiftReport
 
 log = logging.getLogger("confusion_exporter.web")
 
@@ -47,13 +48,33 @@ def _matrix_table(window: WindowResult) -> str:
     )
 
 
+_STATE_COLORS = {"shift": "#c62828", "stable": "#2e7d32", "insufficient_data": "#757575"}
+
+
+def _shift_summary(report: ShiftReport) -> str:
+    tests = " · ".join(
+        f'<span class=state style="background:{_STATE_COLORS[t.state]}">{html.escape(name)}: '
+        f"{html.escape(t.state.replace('_', ' '))}</span>"
+        + (f" <small>p={t.p_value:.2g}, V={t.effect_size:.3f}</small>" if t.dof else "")
+        for name, t in report.tests.items()
+    )
+    moved = "".join(
+        f"<li>true {html.escape(c.true_class)} predicted as {html.escape(c.predicted_class)}: "
+        f"{c.reference_share:.1%} → {c.current_share:.1%} of {html.escape(c.true_class)}s "
+        f"(residual {c.residual:+.1f})</li>"
+        for c in report.cells[:5]
+    )
+    return f"<p>{tests}</p>" + (f"<ul class=cells>{moved}</ul>" if moved else "")
+
+
 def landing_page(snapshot: Snapshot | None) -> bytes:
     """Render the human view of the snapshot: each slice's matrices as colored tables."""
     parts = [
         "<!doctype html><html><head><meta charset=utf-8><title>confusion-exporter</title>",
         "<style>body{font-family:sans-serif;margin:2em}table.matrix{border-collapse:collapse;"
         "margin:0 2em 1em 0;display:inline-table}td,th{border:1px solid #ccc;padding:2px 6px;"
-        "text-align:right}caption{text-align:left;font-size:90%}</style></head><body>",
+        "text-align:right}caption{text-align:left;font-size:90%}"
+        ".state{color:#fff;padding:1px 6px;border-radius:3px}</style></head><body>",
         f"<h1>confusion-exporter {html.escape(__version__)}</h1>",
         '<p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a></p>',
     ]
@@ -71,6 +92,8 @@ def landing_page(snapshot: Snapshot | None) -> bytes:
                     f"<h3>{html.escape(key.model)} version {html.escape(key.version)} "
                     f"segment {html.escape(key.segment)}</h3><div>"
                 )
+                if result.shift is not None:
+                    parts.append(_shift_summary(result.shift))
                 parts.extend(_matrix_table(w) for w in result.windows.values())
                 parts.append("</div>")
     parts.append("</body></html>")
