@@ -169,3 +169,38 @@ def test_baseline_captured_once_then_compared(admin_engine, exporter_url, cli, t
         env={"DATABASE_URL": exporter_url},
     )
     assert unknown.returncode == 2 and "--monitor: unknown monitor 'nope'" in unknown.stderr
+
+
+def test_every_reference_kind_exports_tests_rows_cells_and_states(admin_engine, exporter_url, promtool):
+    import subprocess
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from confusion_exporter.exposition import SnapshotCollector, render
+
+    rng = np.random.default_rng(25)
+    start, span = NOW - timedelta(minutes=55), timedelta(minutes=50)
+    past, past_span = NOW - timedelta(hours=3, minutes=55), timedelta(hours=2, minutes=50)
+    rows = stream(rng, 3_000, BEFORE, past, past_span, version="stable")
+    rows += stream(rng, 3_000, BEFORE, past, past_span, version="canary")
+    rows += stream(rng, 1_000, BEFORE, start, span, version="stable")
+    rows += stream(rng, 1_000, AFTER, start, span, version="canary")
+    table = create_scored_events(admin_engine)
+    insert_rows(admin_engine, table, rows)
+    for reference in (
+        {"kind": "trailing", "length": "3h"},
+        {"kind": "version", "version": "stable"},
+        {"kind": "baseline", "name": "missing"},
+    ):
+        snapshot = snapshot_at(make_config(table, reference=reference), exporter_url)
+        body = render(SnapshotCollector(snapshot))
+        check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
+        assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
+        families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        states = [s for s in families["confusion_shift_state"].samples if s.value == 1]
+        tested = {(s.labels["version"], s.labels["test"]) for s in states}
+        versions = {"canary"} if reference["kind"] == "version" else {"stable", "canary"}
+        assert tested == {(v, t) for v in versions for t in TESTS}, reference  # one state per test
+        if reference["kind"] != "baseline":
+            assert families["confusion_shift_row_effect_size"].samples
+            assert families["confusion_shift_cell_residual"].samples
