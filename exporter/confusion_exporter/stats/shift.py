@@ -263,16 +263,6 @@ def _monte_carlo_p(observed: float, simulated: NDArray[np.float64]) -> float:
     return (1 + exceed) / (simulated.size + 1)
 
 
-def _decide(
-    p_value: float, effect: float, n_reference: int, n_current: int, dof: int, params: ShiftParameters
-) -> str:
-    if dof == 0 or min(n_reference, n_current) < params.min_samples:
-        return INSUFFICIENT_DATA
-    if p_value < params.alpha and effect >= params.min_effect:
-        return SHIFT
-    return STABLE
-
-
 def _samples_for(params: ShiftParameters) -> int:
     # Enough tables that p can fall well below alpha; bounded so cost stays ~milliseconds.
     return int(min(19_999, max(params.monte_carlo_samples, math.ceil(10 / params.alpha) - 1)))
@@ -294,17 +284,32 @@ def homogeneity_test(name: str, reference: Counts, current: Counts, params: Shif
     else:
         p_value, log10_p = _asymptotic_p(table.statistic, table.dof)
     effect = balanced_cramers_v(reference, current)
+    return _result(
+        name, table.statistic, table.dof, p_value, log10_p, effect, n_ref, n_cur, monte_carlo, params
+    )
+
+
+def _result(
+    name: str,
+    statistic: float,
+    dof: int,
+    p_value: float,
+    log10_p: float,
+    effect: float,
+    n_reference: int,
+    n_current: int,
+    monte_carlo: bool,
+    params: ShiftParameters,
+) -> TestResult:
+    """Assemble a test's outcome with its decision."""
+    if dof == 0 or min(n_reference, n_current) < params.min_samples:
+        state = INSUFFICIENT_DATA
+    elif p_value < params.alpha and effect >= params.min_effect:
+        state = SHIFT
+    else:
+        state = STABLE
     return TestResult(
-        test=name,
-        statistic=table.statistic,
-        dof=table.dof,
-        p_value=p_value,
-        log10_p_value=log10_p,
-        effect_size=effect,
-        n_reference=n_ref,
-        n_current=n_cur,
-        monte_carlo=monte_carlo,
-        state=_decide(p_value, effect, n_ref, n_cur, table.dof, params),
+        name, statistic, dof, p_value, log10_p, effect, n_reference, n_current, monte_carlo, state
     )
 
 
@@ -352,17 +357,8 @@ def error_pattern_test(
     ]
     effect = max(eligible) if eligible else 0.0
     n_ref, n_cur = int(reference.sum()), int(current.sum())
-    result = TestResult(
-        test=ERROR_PATTERN,
-        statistic=statistic,
-        dof=dof,
-        p_value=p_value,
-        log10_p_value=log10_p,
-        effect_size=effect,
-        n_reference=n_ref,
-        n_current=n_cur,
-        monte_carlo=monte_carlo,
-        state=_decide(p_value, effect, n_ref, n_cur, dof, params),
+    result = _result(
+        ERROR_PATTERN, statistic, dof, p_value, log10_p, effect, n_ref, n_cur, monte_carlo, params
     )
     return result, tuple(rows), top_residuals(reference, current, classes, params.top_cells)
 
