@@ -229,3 +229,17 @@ def test_snapshot_counts_equal_direct_sql_count(admin_engine, exporter_url):
         i, j = counts.classes.index(true_class), counts.classes.index(predicted_class)
         assert counts.matrix[i, j] == n
     assert counts.labeled_total == sum(n for *_, n in direct)
+
+
+def test_mean_label_delay_over_labeled_predictions(admin_engine, exporter_url):
+    table = create_scored_events(admin_engine)
+    at = BUCKET_END - timedelta(minutes=30)
+    rows = [
+        Row("m", "v", at, "a", "a", labeled_at=at + timedelta(minutes=10)),
+        Row("m", "v", at, "a", "b", labeled_at=at + timedelta(minutes=50)),
+        Row("m", "v", at, "a", None),  # unlabeled: no delay yet
+    ]
+    insert_rows(admin_engine, table, rows)
+    (result,) = snapshot_at(make_config(table), exporter_url).monitors["shop:*"].slices
+    assert result.windows["current"].counts.mean_label_delay_seconds == pytest.approx(30 * 60)
+    assert np.isnan(result.windows["reference"].counts.mean_label_delay_seconds)

@@ -194,7 +194,22 @@ class MonitorConfig(_Strict):
     min_samples: int = Field(default=200, ge=1)
     min_row_samples: int = Field(default=20, ge=1)
     monte_carlo_samples: int = Field(default=999, ge=99, le=99_999)
-    top_cells: int = Field(default=10, ge=0, le=100)
+    top_cells: int = Field(default=10, ge=1, le=100)
+    team: str = Field(default="ml", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    recall_objective: float = Field(default=0.0, ge=0, le=1)
+    recall_objectives: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("recall_objectives")
+    @classmethod
+    def _objectives_are_ratios(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [name for name, v in value.items() if not 0 <= v <= 1]
+        if bad:
+            raise ValueError(f"objectives must be between 0 and 1 (classes {', '.join(map(repr, bad))})")
+        return value
+
+    def recall_objective_for(self, cls: str) -> float:
+        return self.recall_objectives.get(cls, self.recall_objective)
+
     classes: list[str] | None = Field(None, min_length=1)
     max_classes: int | None = Field(None, ge=2, le=1000)
 

@@ -54,9 +54,14 @@ def evaluate_monitor(
             slices.items(), key=lambda kv: (kv[0].model, kv[0].version, kv[0].segment)
         )
     )
+    classes = sorted({c for r in results for w in r.windows.values() for c in w.counts.classes})
     return MonitorResult(
         name=monitor.monitor_name,
         source=monitor.source,
+        model=monitor.model,
+        team=monitor.team,
+        reference=monitor.reference.kind,
+        recall_objectives={c: monitor.recall_objective_for(c) for c in classes},
         evaluated_at=now,
         windows=windows,
         slices=results,

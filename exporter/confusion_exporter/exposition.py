@@ -54,6 +54,11 @@ class SnapshotCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         g = _Families()
         for monitor in self._snapshot.monitors.values():
+            g.monitor_info.add_metric(
+                [monitor.name, monitor.source, monitor.model, monitor.team, monitor.reference], 1
+            )
+            for cls, objective in monitor.recall_objectives.items():
+                g.recall_objective.add_metric([monitor.name, cls], objective)
             g.monitor_slices.add_metric([monitor.name], len(monitor.slices))
             g.evaluated.add_metric([monitor.name], monitor.evaluated_at.timestamp())
             for span in monitor.windows:
@@ -149,6 +154,23 @@ class _Families:
             "confusion_window_end_timestamp_seconds",
             "End of the window's span of prediction time (exclusive)." + CACHED,
             labels=["monitor", "window"],
+        )
+        self.monitor_info = gauge(
+            "confusion_monitor_info",
+            "Configuration of the monitor: its source, model pattern, owning team and reference kind. "
+            "Join on monitor to route alerts by team.",
+            labels=["monitor", "source", "model_pattern", "team", "reference"],
+        )
+        self.recall_objective = gauge(
+            "confusion_class_recall_objective",
+            "Configured recall objective of the class (recall_objective / recall_objectives; 0: none).",
+            labels=["monitor", "class"],
+        )
+        self.label_delay = gauge(
+            "confusion_mean_label_delay_seconds",
+            "Mean time from prediction to label over the window's labeled predictions "
+            "(NaN without a labeled_at column or labels)." + CACHED,
+            labels=w,
         )
         self.monitor_slices = gauge(
             "confusion_monitor_slices",
@@ -255,6 +277,7 @@ class _Families:
         for reason in REJECT_REASONS:
             self.rejected.add_metric([*values, reason], counts.rejected.get(reason, 0))
         self.folded.add_metric(values, counts.folded)
+        self.label_delay.add_metric(values, counts.mean_label_delay_seconds)
 
     def add_shift(self, values: list[str], report: ShiftReport) -> None:
         for name, test in report.tests.items():

@@ -39,6 +39,12 @@ class WindowCounts:
     unlabeled: NDArray[np.int64]
     rejected: Mapping[str, int]
     folded: int
+    label_delay_sum_seconds: float = float("nan")  # over labeled predictions; NaN without labeled_at
+
+    @property
+    def mean_label_delay_seconds(self) -> float:
+        labeled = self.labeled_total
+        return self.label_delay_sum_seconds / labeled if labeled else float("nan")
 
     @property
     def labeled_total(self) -> int:
@@ -165,7 +171,9 @@ def _window_counts(
         )
     matrix.setflags(write=False)
     unlabeled.setflags(write=False)
-    return WindowCounts(window, class_set, matrix, unlabeled, rejected, folded)
+    delays = valid.loc[labeled, "delay_sum"] if "delay_sum" in valid else pd.Series(dtype="float64")
+    delay_sum = float(delays.sum()) if delays.notna().any() else float("nan")
+    return WindowCounts(window, class_set, matrix, unlabeled, rejected, folded, delay_sum)
 
 
 def reindex(counts: WindowCounts, classes: tuple[str, ...]) -> WindowCounts:
@@ -181,7 +189,15 @@ def reindex(counts: WindowCounts, classes: tuple[str, ...]) -> WindowCounts:
     unlabeled[positions] = counts.unlabeled
     matrix.setflags(write=False)
     unlabeled.setflags(write=False)
-    return WindowCounts(counts.window, classes, matrix, unlabeled, counts.rejected, counts.folded)
+    return WindowCounts(
+        counts.window,
+        classes,
+        matrix,
+        unlabeled,
+        counts.rejected,
+        counts.folded,
+        counts.label_delay_sum_seconds,
+    )
 
 
 def align(reference: WindowCounts, current: WindowCounts) -> tuple[WindowCounts, WindowCounts]:

@@ -35,6 +35,10 @@ class MonitorResult:
 
     name: str
     source: str
+    model: str
+    team: str
+    reference: str
+    recall_objectives: Mapping[str, float]
     evaluated_at: datetime
     windows: tuple[Window, ...]
     slices: tuple[SliceResult, ...]

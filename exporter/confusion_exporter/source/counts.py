@@ -35,7 +35,7 @@ REJECT_REASONS = (
     UNKNOWN_CLASS,
 )
 
-COUNT_COLUMNS = ["bucket", "model", "version", "segment", "predicted", "actual", "reason", "n"]
+COUNT_COLUMNS = ["bucket", "model", "version", "segment", "predicted", "actual", "reason", "n", "delay_sum"]
 
 
 def source_table(source: SourceConfig) -> sa.TableClause:
@@ -105,8 +105,12 @@ def count_query(
         actual.label("actual"),
         reason.label("reason"),
     ]
+    delay_sum: sa.ColumnElement[object] = sa.null()
+    if cols.labeled_at is not None:
+        delay = sa.extract("epoch", table.c[cols.labeled_at] - predicted_at)
+        delay_sum = sa.func.sum(sa.case((actual.is_not(None), delay), else_=sa.null()))
     return (
-        sa.select(*grouped, sa.func.count().label("n"))
+        sa.select(*grouped, sa.func.count().label("n"), delay_sum.label("delay_sum"))
         .select_from(table)
         .where(*filters)
         .group_by(*(sa.literal_column(str(i)) for i in range(1, len(grouped) + 1)))
@@ -118,4 +122,5 @@ def fetch_counts(connection: Connection, query: sa.Select[tuple[object, ...]]) -
     result = connection.execute(query)
     frame = pd.DataFrame(result.fetchall(), columns=COUNT_COLUMNS)
     frame["n"] = frame["n"].astype("int64")
+    frame["delay_sum"] = pd.to_numeric(frame["delay_sum"], errors="coerce").astype("float64")
     return frame
