@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -105,7 +106,7 @@ def count_query(
         actual.label("actual"),
         reason.label("reason"),
     ]
-    delay_sum: sa.ColumnElement[object] = sa.null()
+    delay_sum: sa.ColumnElement[Any] = sa.null()
     if cols.labeled_at is not None:
         delay = sa.extract("epoch", table.c[cols.labeled_at] - predicted_at)
         delay_sum = sa.func.sum(sa.case((actual.is_not(None), delay), else_=sa.null()))
