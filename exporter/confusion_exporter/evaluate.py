@@ -62,6 +62,11 @@ def evaluate_monitor(
         team=monitor.team,
         reference=monitor.reference.kind,
         recall_objectives={c: monitor.recall_objective_for(c) for c in classes},
+        thresholds={
+            "alpha": monitor.alpha,
+            "min_effect": monitor.min_effect,
+            "min_samples": monitor.min_samples,
+        },
         evaluated_at=now,
         windows=windows,
         slices=results,

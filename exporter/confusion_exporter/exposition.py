@@ -57,6 +57,8 @@ class SnapshotCollector(Collector):
             g.monitor_info.add_metric(
                 [monitor.name, monitor.source, monitor.model, monitor.team, monitor.reference], 1
             )
+            for parameter, family in g.thresholds.items():
+                family.add_metric([monitor.name], monitor.thresholds[parameter])
             for cls, objective in monitor.recall_objectives.items():
                 g.recall_objective.add_metric([monitor.name, cls], objective)
             g.monitor_slices.add_metric([monitor.name], len(monitor.slices))
@@ -166,6 +168,23 @@ class _Families:
             "Configured recall objective of the class (recall_objective / recall_objectives; 0: none).",
             labels=["monitor", "class"],
         )
+        self.thresholds = {
+            "alpha": gauge(
+                "confusion_shift_alpha",
+                "Significance level the monitor's shift tests use.",
+                labels=["monitor"],
+            ),
+            "min_effect": gauge(
+                "confusion_shift_min_effect",
+                "Smallest effect size the monitor counts as a shift.",
+                labels=["monitor"],
+            ),
+            "min_samples": gauge(
+                "confusion_shift_min_samples",
+                "Labeled predictions each window needs before the monitor's tests decide.",
+                labels=["monitor"],
+            ),
+        }
         self.label_delay = gauge(
             "confusion_mean_label_delay_seconds",
             "Mean time from prediction to label over the window's labeled predictions "
@@ -302,6 +321,7 @@ class _Families:
 
     def all(self) -> Iterator[Metric]:
         yield from (value for value in vars(self).values() if isinstance(value, Metric))
+        yield from self.thresholds.values()
 
 
 @dataclass

@@ -39,6 +39,7 @@ class MonitorResult:
     team: str
     reference: str
     recall_objectives: Mapping[str, float]
+    thresholds: Mapping[str, float]  # alpha, min_effect, min_samples
     evaluated_at: datetime
     windows: tuple[Window, ...]
     slices: tuple[SliceResult, ...]
