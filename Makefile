@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools test lint format demo clean
+.PHONY: help install tools test lint format grafana demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,13 +29,16 @@ test: install tools ## install what is needed and run every test (CI=true turns 
 	$(BIN)/python -m pytest
 
 lint: install ## ruff, formatting and mypy
-	$(BIN)/ruff check exporter migrations tests benchmarks
-	$(BIN)/ruff format --check exporter migrations tests benchmarks
+	$(BIN)/ruff check exporter migrations tests benchmarks grafana
+	$(BIN)/ruff format --check exporter migrations tests benchmarks grafana
 	$(BIN)/mypy exporter/confusion_exporter
 
 format: install ## apply ruff's formatting and autofixes
-	$(BIN)/ruff format exporter migrations tests benchmarks
-	$(BIN)/ruff check --fix exporter migrations tests benchmarks
+	$(BIN)/ruff format exporter migrations tests benchmarks grafana
+	$(BIN)/ruff check --fix exporter migrations tests benchmarks grafana
+
+grafana: install ## regenerate Grafana dashboards and alert rules from their sources
+	$(BIN)/python grafana/generate.py
 
 demo: install ## run the product without Docker: embedded Postgres, simulator, exporter on :9745
 	$(BIN)/confusion-exporter demo

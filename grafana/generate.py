@@ -128,7 +128,8 @@ def dashboards() -> dict[str, str]:
     from dashboards_src import build_all
 
     return {
-        f"{uid}.json": json.dumps(model, indent=2, sort_keys=True) + "\n" for uid, model in build_all().items()
+        f"{uid}.json": json.dumps(model, indent=2, sort_keys=True) + "\n"
+        for uid, model in build_all().items()
     }
 
 
@@ -156,7 +157,9 @@ def main() -> int:
         if args.check:
             drift = True
             rel = str(path.relative_to(ROOT))
-            sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), text.splitlines(True), rel, rel))
+            sys.stdout.writelines(
+                difflib.unified_diff(current.splitlines(True), text.splitlines(True), rel, rel)
+            )
             print(f"{rel}: differs from what grafana/generate.py produces; run `make grafana`")
         else:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,272 @@
+"""Model detail: the matrices, the shift and its cause, per class, labels; for one slice."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.models import common
+
+from .common import (
+    HIDDEN,
+    SLICE,
+    bar_panel,
+    colored,
+    dashboard,
+    dynamic,
+    hide_fields,
+    label_variable,
+    log_scale,
+    query,
+    state_mappings,
+    table_panel,
+    threshold_line,
+    thresholds,
+    timeseries_panel,
+    transform,
+)
+
+UID = "confusion-model-detail"
+CELL = "monitor, model, version, segment, window"
+
+
+def matrix_panel(title: str, description: str, expr: str, unit: str, span: int = 12):  # type: ignore[no-untyped-def]
+    """A confusion matrix: rows are true classes, columns predicted classes (groupingToMatrix)."""
+    return (
+        table_panel(
+            title, description, unit, query(expr, instant=True, table_format=True), height=10, span=span
+        )
+        .with_transformation(
+            transform(
+                "groupingToMatrix",
+                {
+                    "rowField": "true_class",
+                    "columnField": "predicted_class",
+                    "valueField": "Value",
+                    "emptyValue": "zero",
+                },
+            )
+        )
+        .cell_options(
+            common.TableColoredBackgroundCellOptions(mode=common.TableCellBackgroundDisplayMode.GRADIENT)
+        )
+        .color_scheme(dash.FieldColor().mode("continuous-BlPu"))
+        .override_by_name("true_class\\predicted_class", [dynamic("custom.cellOptions", {"type": "auto"})])
+    )
+
+
+def build() -> dash.Dashboard:
+    counts = 'confusion_matrix_predictions{%s, window="%s"}'
+    row_normalized = (
+        f'confusion_matrix_predictions{{{SLICE}, window="current"}} / ignoring (predicted_class, correct) '
+        f'group_left sum by ({CELL}, true_class) (confusion_matrix_predictions{{{SLICE}, window="current"}})'
+    )
+    column_normalized = (
+        f'confusion_matrix_predictions{{{SLICE}, window="current"}} / ignoring (true_class, correct) '
+        f'group_left sum by ({CELL}, predicted_class) (confusion_matrix_predictions{{{SLICE}, window="current"}})'
+    )
+    tests = (
+        table_panel(
+            "Shift decision per test",
+            "The decision of each chi-square test of the current window against the reference: 'shift' when "
+            "p < alpha, the effect size reaches min_effect and both windows hold min_samples labels. "
+            "error_pattern (does the model err differently on some true class?) pages; label_prior and "
+            "prediction_prior (did the class mix change?) open tickets.",
+            "none",
+            query(f"confusion_shift_state{{{SLICE}}} == 1", instant=True, table_format=True),
+            height=7,
+            span=8,
+        )
+        .with_transformation(hide_fields(*HIDDEN, "Value", "monitor", "model", "version", "segment"))
+        .mappings(state_mappings())
+        .override_by_name(*colored("state"))
+    )
+    cells = (
+        table_panel(
+            "Cells that moved most",
+            "Adjusted standardized residual of each cell within its true class (current vs reference): "
+            "+4 means true_class is predicted as predicted_class far more often than before; -4 far less. "
+            "Values beyond about ±3 are not chance. This is where the error pattern moved.",
+            "none",
+            query(f"confusion_shift_cell_residual{{{SLICE}}}", instant=True, table_format=True),
+            height=7,
+            span=8,
+        )
+        .with_transformation(hide_fields(*HIDDEN, "monitor", "model", "version", "segment"))
+        .with_transformation(transform("sortBy", {"sort": [{"field": "Value", "desc": True}]}))
+        .decimals(1)
+        .thresholds(thresholds((None, "blue"), (-3, "text"), (3, "red")))
+        .override_by_name(*colored("Value"))
+    )
+    rows = (
+        bar_panel(
+            "Which true class moved",
+            "Effect size (bias-corrected Cramér's V at balanced allocation, 0..1) of each true class's "
+            "predicted-class distribution, current vs reference. The error_pattern effect is the largest of "
+            "these; the dashed threshold is the monitor's min_effect.",
+            "none",
+            query(
+                f"sort_desc(confusion_shift_row_effect_size{{{SLICE}}})",
+                legend="true {{true_class}}",
+                instant=True,
+            ),
+            height=7,
+            span=8,
+        )
+        .min(0)
+        .max(1)
+        .thresholds(thresholds((None, "green"), (0.05, "red")))
+    )
+    p_values = (
+        timeseries_panel(
+            "Shift p-value over time",
+            "p-value of each test (log scale). Below the dashed alpha line the change is statistically "
+            "significant; it is only decided a shift when the effect size is large enough too.",
+            "none",
+            query(f"confusion_shift_p_value{{{SLICE}}}", legend="{{test}}"),
+            query('max(confusion_shift_alpha{monitor="$monitor"})', legend="alpha", ref="B"),
+            span=12,
+        )
+        .scale_distribution(log_scale())
+        .override_by_name(*threshold_line("alpha"))
+    )
+    effects = timeseries_panel(
+        "Shift effect size over time",
+        "Effect size of each test (0: no change, 1: disjoint distributions); it does not grow with traffic, "
+        "unlike the chi-square statistic. Above the dashed min_effect line (with p < alpha) the test decides "
+        "'shift'.",
+        "none",
+        query(f"confusion_shift_effect_size{{{SLICE}}}", legend="{{test}}"),
+        query('max(confusion_shift_min_effect{monitor="$monitor"})', legend="min_effect", ref="B"),
+        span=12,
+    ).override_by_name(*threshold_line("min_effect"))
+    per_class = [
+        timeseries_panel(
+            f"{name.capitalize()} per class",
+            f"{name.capitalize()} of each class in the current window over time. {explanation}",
+            "percentunit",
+            query(f'confusion_class_{metric}{{{SLICE}, window="current"}}', legend="{{class}}"),
+            span=8,
+        )
+        .min(0)
+        .max(1)
+        for name, metric, explanation in (
+            ("precision", "precision", "Low: the class is over-predicted (false alarms)."),
+            ("recall", "recall", "Low: the class is under-predicted (misses)."),
+            ("F1", "f1_score", "Harmonic mean of the two."),
+        )
+    ]
+    confused = (
+        table_panel(
+            "Most confused pairs",
+            "The largest off-diagonal cells of the current window: true class, the class it was mistaken "
+            "for, and how many labeled predictions.",
+            "none",
+            query(
+                f'topk(10, confusion_matrix_predictions{{{SLICE}, window="current", correct="false"}} > 0)',
+                instant=True,
+                table_format=True,
+            ),
+            height=8,
+            span=8,
+        )
+        .with_transformation(
+            hide_fields(*HIDDEN, "monitor", "model", "version", "segment", "window", "correct")
+        )
+        .with_transformation(transform("sortBy", {"sort": [{"field": "Value", "desc": True}]}))
+    )
+    coverage = (
+        timeseries_panel(
+            "Label coverage",
+            "Share of each window's predictions whose true class has arrived. The matrix and the tests only "
+            "see labeled predictions; a low coverage means they describe part of the traffic.",
+            "percentunit",
+            query(f"confusion_label_coverage_ratio{{{SLICE}}}", legend="{{window}}"),
+            span=8,
+        )
+        .min(0)
+        .max(1)
+    )
+    delay = timeseries_panel(
+        "Mean label delay",
+        "Mean time from prediction to label over each window's labeled predictions.",
+        "s",
+        query(f"confusion_mean_label_delay_seconds{{{SLICE}}}", legend="{{window}}"),
+        span=8,
+    )
+    return (
+        dashboard(
+            UID,
+            "Confusion exporter / Model detail",
+            "One model version in one segment: current and reference confusion matrices, the shift tests and "
+            "where the errors moved, per-class metrics, labels.",
+        )
+        .with_variable(
+            label_variable("monitor", "Monitor", "label_values(confusion_monitor_slices, monitor)")
+        )
+        .with_variable(
+            label_variable("model", "Model", 'label_values(confusion_accuracy{monitor="$monitor"}, model)')
+        )
+        .with_variable(
+            label_variable(
+                "version",
+                "Version",
+                'label_values(confusion_accuracy{monitor="$monitor", model="$model"}, version)',
+            )
+        )
+        .with_variable(
+            label_variable(
+                "segment",
+                "Segment",
+                'label_values(confusion_accuracy{monitor="$monitor", model="$model", version="$version"}, segment)',
+            )
+        )
+        .with_row(dash.Row("Shift: did the pattern of errors change, and where?"))
+        .with_panel(tests)
+        .with_panel(cells)
+        .with_panel(rows)
+        .with_panel(p_values)
+        .with_panel(effects)
+        .with_row(dash.Row("Confusion matrices (rows: true class, columns: predicted class)"))
+        .with_panel(
+            matrix_panel(
+                "Current window: counts",
+                "Labeled predictions of the current window per cell; the diagonal is right, the rest are errors.",
+                counts % (SLICE, "current"),
+                "none",
+            )
+        )
+        .with_panel(
+            matrix_panel(
+                "Reference window: counts",
+                "The same cells in the reference the current window is compared with (for a version reference, "
+                "pick the reference version in the variables).",
+                counts % (SLICE, "reference"),
+                "none",
+            )
+        )
+        .with_panel(
+            matrix_panel(
+                "Current window: share of each true class (recall)",
+                "Each row divided by its total: the diagonal is each class's recall; a row's other cells say "
+                "what that class is mistaken for.",
+                row_normalized,
+                "percentunit",
+            )
+        )
+        .with_panel(
+            matrix_panel(
+                "Current window: share of each predicted class (precision)",
+                "Each column divided by its total: the diagonal is each class's precision; a column's other "
+                "cells say where that prediction's false alarms come from.",
+                column_normalized,
+                "percentunit",
+            )
+        )
+        .with_row(dash.Row("Per class"))
+        .with_panel(per_class[0])
+        .with_panel(per_class[1])
+        .with_panel(per_class[2])
+        .with_row(dash.Row("Labels"))
+        .with_panel(confused)
+        .with_panel(coverage)
+        .with_panel(delay)
+    )
