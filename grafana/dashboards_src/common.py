@@ -125,6 +125,7 @@ def timeseries_panel(title: str, description: str, unit: str, *queries, height: 
 
 def table_panel(title: str, description: str, unit: str, *queries, height: int = 8, span: int = 12):  # type: ignore[no-untyped-def]
     panel = table.Panel().title(title).description(description).unit(unit).height(height).span(span)
+    panel = panel.frame_index(0).show_header(True)
     panel = panel.datasource(DATASOURCE)
     for q in queries:
         panel = panel.with_target(q)

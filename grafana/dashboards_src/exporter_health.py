@@ -48,7 +48,7 @@ def build() -> dash.Dashboard:
         .with_panel(
             stat_panel(
                 "Exporter memory",
-                "Resident memory of the exporter process.",
+                "Resident memory of the exporter process; it stays small because counting happens in the database.",
                 "bytes",
                 query('max(process_resident_memory_bytes{job="confusion-exporter"})', instant=True),
             )
