@@ -56,11 +56,11 @@ def matrix_panel(title: str, description: str, expr: str, unit: str, span: int =
 def build() -> dash.Dashboard:
     counts = 'confusion_matrix_predictions{%s, window="%s"}'
     row_normalized = (
-        f'confusion_matrix_predictions{{{SLICE}, window="current"}} / ignoring (predicted_class, correct) '
+        f'confusion_matrix_predictions{{{SLICE}, window="current"}} / on ({CELL}, true_class) '
         f'group_left sum by ({CELL}, true_class) (confusion_matrix_predictions{{{SLICE}, window="current"}})'
     )
     column_normalized = (
-        f'confusion_matrix_predictions{{{SLICE}, window="current"}} / ignoring (true_class, correct) '
+        f'confusion_matrix_predictions{{{SLICE}, window="current"}} / on ({CELL}, predicted_class) '
         f'group_left sum by ({CELL}, predicted_class) (confusion_matrix_predictions{{{SLICE}, window="current"}})'
     )
     tests = (
