@@ -195,3 +195,11 @@ def test_database_url_from_file_and_redaction(tmp_path):
     with pytest.raises(ConfigError) as error:
         resolve_database_url(None, env={"DATABASE_URL_FILE": str(tmp_path / "missing")})
     assert error.value.problems[0].startswith("DATABASE_URL_FILE: cannot read")
+
+
+def test_shipped_demo_config_is_valid(cli):
+    from confusion_exporter.demo import demo_config_path
+
+    result = run_cli(cli, "check-config", "--config", str(demo_config_path()))
+    assert result.returncode == 0, result.stderr
+    assert "digits" in result.stdout and "fraud-canary" in result.stdout
