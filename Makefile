@@ -20,10 +20,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-tools: ## install promtool and prometheus (Debian's prometheus package) when missing
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
-		echo "installing Debian's prometheus package (promtool, prometheus)"; \
-		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq prometheus >/dev/null; }
+tools: ## install Debian's prometheus (promtool) and chromium (browser tests) when missing
+	@missing=""; \
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $$missing >/dev/null; \
+	fi
 
 test: install tools ## install what is needed and run every test (CI=true turns skips into failures)
 	$(BIN)/python -m pytest

@@ -92,7 +92,7 @@ def test_simulated_traffic_snapshot_equals_sql_count_and_shows_the_shift(
         r[3] for r in direct
     )
 
-    # The injected shift: true 8 predicted as 1 grows from 2% towards 10% of the 8s.
+    # The injected shift: true 8 predicted as 1 grows from 2% towards 20% of the 8s.
     def share_8_as_1(window: str) -> float:
         m = sum(s.windows[window].counts.matrix for s in slices.values())
         classes = slices["eu"].windows[window].counts.classes

@@ -34,16 +34,21 @@ def _matrix_table(window: WindowResult) -> str:
     for i, true_class in enumerate(classes):
         total = int(counts.matrix[i].sum())
         cells = "".join(
-            f'<td style="{_cell_style(int(v), total, i == j)}">{int(v)}</td>'
+            f'<td style="{_cell_style(int(v), total, i == j)}" data-true="{html.escape(true_class)}" '
+            f'data-predicted="{html.escape(classes[j])}">{int(v)}</td>'
             for j, v in enumerate(counts.matrix[i])
         )
         rows.append(f"<tr><th>{html.escape(true_class)}</th>{cells}</tr>")
     m = window.metrics
+    total = counts.labeled_total + counts.unlabeled_total
+    coverage = counts.labeled_total / total if total else float("nan")
     return (
-        f"<table class=matrix><caption>{html.escape(counts.window.name)} "
+        f'<table class=matrix data-window="{html.escape(counts.window.name)}"><caption>'
+        f"{html.escape(counts.window.name)} "
         f"[{counts.window.start:%Y-%m-%d %H:%M} – {counts.window.end:%H:%M} UTC]: "
-        f"{counts.labeled_total} labeled, {counts.unlabeled_total} unlabeled, "
-        f"accuracy {m.accuracy:.3f}, macro-F1 {m.macro_f1:.3f}</caption>"
+        f"{counts.labeled_total} labeled, {counts.unlabeled_total} unlabeled "
+        f"(coverage {_fmt(coverage, '{:.0%}')}), accuracy {_fmt(m.accuracy)}, "
+        f"macro-F1 {_fmt(m.macro_f1)}</caption>"
         f"<tr><th>true \\ predicted</th>{head}</tr>{''.join(rows)}</table>"
     )
 
@@ -53,7 +58,8 @@ _STATE_COLORS = {"shift": "#c62828", "stable": "#2e7d32", "insufficient_data": "
 
 def _shift_summary(report: ShiftReport) -> str:
     tests = " · ".join(
-        f'<span class=state style="background:{_STATE_COLORS[t.state]}">{html.escape(name)}: '
+        f'<span class=state data-test="{html.escape(name)}" data-state="{t.state}" '
+        f'style="background:{_STATE_COLORS[t.state]}">{html.escape(name)}: '
         f"{html.escape(t.state.replace('_', ' '))}</span>"
         + (f" <small>p={t.p_value:.2g}, V={t.effect_size:.3f}</small>" if t.dof else "")
         for name, t in report.tests.items()
@@ -67,13 +73,34 @@ def _shift_summary(report: ShiftReport) -> str:
     return f"<p>{tests}</p>" + (f"<ul class=cells>{moved}</ul>" if moved else "")
 
 
+def _fmt(value: float, pattern: str = "{:.3f}") -> str:
+    return "–" if value != value else pattern.format(value)  # NaN: undefined, not zero
+
+
+def _class_table(window: WindowResult) -> str:
+    """Per-class precision, recall, F1 and support of one window, worst F1 first."""
+    m, classes = window.metrics, window.counts.classes
+    order = sorted(range(len(classes)), key=lambda i: (m.f1[i] != m.f1[i], m.f1[i]))
+    rows = "".join(
+        f"<tr><th>{html.escape(classes[i])}</th><td>{_fmt(m.precision[i])}</td><td>{_fmt(m.recall[i])}</td>"
+        f"<td>{_fmt(m.f1[i])}</td><td>{int(m.support[i])}</td></tr>"
+        for i in order
+    )
+    return (
+        f"<table class=classes><caption>per class, {html.escape(window.counts.window.name)} window</caption>"
+        f"<tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>"
+    )
+
+
 def landing_page(snapshot: Snapshot | None) -> bytes:
     """Render the human view of the snapshot: each slice's matrices as colored tables."""
     parts = [
-        "<!doctype html><html><head><meta charset=utf-8><title>confusion-exporter</title>",
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=30>"
+        "<title>confusion-exporter</title>",
         "<style>body{font-family:sans-serif;margin:2em}table.matrix{border-collapse:collapse;"
         "margin:0 2em 1em 0;display:inline-table}td,th{border:1px solid #ccc;padding:2px 6px;"
-        "text-align:right}caption{text-align:left;font-size:90%}"
+        "text-align:right}caption{text-align:left;font-size:90%}table.classes{border-collapse:collapse;"
+        "display:inline-table;vertical-align:top}"
         ".state{color:#fff;padding:1px 6px;border-radius:3px}</style></head><body>",
         f"<h1>confusion-exporter {html.escape(__version__)}</h1>",
         '<p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a></p>',
@@ -89,13 +116,18 @@ def landing_page(snapshot: Snapshot | None) -> bytes:
             for result in monitor.slices:
                 key = result.key
                 parts.append(
+                    f'<section class=slice data-monitor="{html.escape(monitor.name)}" '
+                    f'data-model="{html.escape(key.model)}" data-version="{html.escape(key.version)}" '
+                    f'data-segment="{html.escape(key.segment)}">'
                     f"<h3>{html.escape(key.model)} version {html.escape(key.version)} "
                     f"segment {html.escape(key.segment)}</h3><div>"
                 )
                 if result.shift is not None:
                     parts.append(_shift_summary(result.shift))
                 parts.extend(_matrix_table(w) for w in result.windows.values())
-                parts.append("</div>")
+                if "current" in result.windows:
+                    parts.append(_class_table(result.windows["current"]))
+                parts.append("</div></section>")
     parts.append("</body></html>")
     return "".join(parts).encode("utf-8")
 

@@ -1,0 +1,200 @@
+"""docker-compose.yml and the image, checked without a Docker engine (none runs here).
+
+What only a machine with Docker can check is listed in docs/docker.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.compose-go.json"
+COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "docker-compose.existing-db.yml"]
+EXAMPLE_ENV = ROOT / ".env.example"
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML with compose's merge tags (!reset, !override) read as plain values."""
+
+
+for tag in ("!reset", "!override"):
+    ComposeLoader.add_constructor(
+        tag,
+        lambda loader, node: (
+            loader.construct_sequence(node)
+            if isinstance(node, yaml.SequenceNode)
+            else loader.construct_mapping(node)
+            if isinstance(node, yaml.MappingNode)
+            else loader.construct_scalar(node)
+        ),
+    )
+
+_VARIABLE = re.compile(r"\$(?:\$|\{(\w+)(?:(:?[-?])([^}]*))?\}|(\w+))")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's interpolation: ${V}, ${V:-default}, ${V-default}, ${V:?error}, $V and $$."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        operator, argument = match.group(2), match.group(3) or ""
+        value = env.get(name)
+        if operator in (":-", "-"):
+            return value if value or (operator == "-" and value is not None) else argument
+        if operator in (":?", "?"):
+            if not value:
+                raise ValueError(f"${{{name}}} is required: {argument}")
+            return value
+        return value or ""
+
+    return _VARIABLE.sub(substitute, text)
+
+
+def example_env() -> dict[str, str]:
+    pairs = (
+        line.split("=", 1)
+        for line in EXAMPLE_ENV.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def load(path: Path, env: dict[str, str]) -> dict[str, Any]:
+    return yaml.load(interpolate(path.read_text(), env), Loader=ComposeLoader)  # noqa: S506 - SafeLoader subclass
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    if not SCHEMA.exists():
+        pytest.fail(f"{SCHEMA} is missing: the tests expect ../shared/schemas beside the repository")
+    return json.loads(SCHEMA.read_text())
+
+
+@pytest.mark.parametrize("env_source", ["defaults", ".env.example"])
+def test_compose_file_validates_after_interpolation(schema, env_source):
+    env = {} if env_source == "defaults" else example_env()
+    document = load(ROOT / "docker-compose.yml", env)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = list(validator.iter_errors(document))
+    assert not errors, [f"{'/'.join(map(str, e.absolute_path))}: {e.message[:200]}" for e in errors[:5]]
+    assert "${" not in json.dumps(document)
+
+
+def test_existing_database_override_validates_and_requires_its_variables(schema):
+    env = {"EXISTING_DATABASE_URL": "postgresql://u:p@db/ml", "CONFUSION_EXPORTER_CONFIG_FILE": "./mine.yaml"}
+    document = load(ROOT / "docker-compose.existing-db.yml", env)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    assert not list(validator.iter_errors(document))
+    disabled = {name for name, svc in document["services"].items() if svc.get("profiles")}
+    assert disabled == {"postgres", "migrate", "simulator"}
+    with pytest.raises(ValueError, match="EXISTING_DATABASE_URL"):
+        load(ROOT / "docker-compose.existing-db.yml", {})
+
+
+def test_every_bind_mount_exists_and_configs_are_read_only():
+    document = load(ROOT / "docker-compose.yml", {})
+    named = set(document.get("volumes", {}))
+    for name, service in document["services"].items():
+        for volume in service.get("volumes", []):
+            source, target, *mode = volume.split(":")
+            if source in named:
+                continue
+            assert (ROOT / source).exists(), f"{name}: {source} does not exist"
+            assert mode == ["ro"], f"{name}: {source} should be mounted read-only"
+
+
+def test_images_are_pinned_and_secrets_come_from_the_environment():
+    text = (ROOT / "docker-compose.yml").read_text()
+    document = load(ROOT / "docker-compose.yml", {})
+    for name, service in document["services"].items():
+        image = service["image"]
+        if "build" in service:
+            assert image == "confusion-exporter:local"
+            continue
+        tag = image.rsplit(":", 1)[-1]
+        assert ":" in image and tag != "latest" and re.search(r"\d", tag), f"{name}: {image} is not pinned"
+    for line in text.splitlines():
+        secret_like = re.search(r"PASSWORD|_URL|KEY", line) and "http://" not in line
+        if secret_like and ("://" in line or re.search(r"PASSWORD:\s*\S", line)):
+            assert "${" in line, f"a secret is written in docker-compose.yml: {line.strip()}"
+
+
+def test_start_order_uses_health_and_completion_conditions():
+    document = load(ROOT / "docker-compose.yml", {})
+    services = document["services"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["exporter"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    for name, service in services.items():
+        for dependency, spec in service.get("depends_on", {}).items():
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{name} waits on {dependency}'s health"
+        assert service.get("restart"), name
+    assert services["migrate"]["restart"] == "no"
+
+
+def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck():
+    dockerfile = (ROOT / "exporter" / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", dockerfile, re.M)) >= 2
+    assert re.search(r"^USER \d+", dockerfile, re.M)
+    assert re.search(r"^HEALTHCHECK .*healthz", dockerfile, re.M | re.S)
+    assert "COPY pyproject.toml" in dockerfile and "pip wheel" in dockerfile
+
+
+def test_the_image_builds_the_package_from_the_same_pyproject(tmp_path):
+    """Build the wheel from exactly the files the Dockerfile copies, as its build stage does."""
+    dockerfile = (ROOT / "exporter" / "Dockerfile").read_text()
+    context = tmp_path / "context"
+    for line in re.findall(r"^COPY (?!--from)(.+)$", dockerfile, re.M):
+        *sources, destination = line.split()
+        for source in sources:
+            # Docker's rule: a destination ending in "/" is a directory the sources go into.
+            into_directory = destination.endswith("/") or destination == "."
+            target = context / destination / Path(source).name if into_directory else context / destination
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / source, target)
+    assert (context / "pyproject.toml").read_bytes() == (ROOT / "pyproject.toml").read_bytes()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path / "w"),
+            str(context),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = (tmp_path / "w").glob("confusion_exporter-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "confusion_exporter/cli.py" in names
+    assert "confusion_exporter/demo.yaml" in names  # the compose file mounts it, the demo reads it
+    assert any(n.startswith("confusion_exporter/migrations/versions/0001") for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert (
+        "confusion-exporter = confusion_exporter.cli:main"
+        in zipfile.ZipFile(wheel).read(entry_points).decode()
+    )
