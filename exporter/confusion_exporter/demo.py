@@ -10,8 +10,10 @@ from datetime import timedelta
 from importlib.resources import files
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from . import migrate
-from .config import DatabaseUrl, load_config
+from .config import DatabaseUrl, load_config, resolve_database_url
 from .simulate import SimulationSettings, Simulator
 from .source.database import admin_engine
 
@@ -40,11 +42,16 @@ def run_demo(data_dir: Path, history: timedelta, shift_after: timedelta, rate: f
 
     server = None
     if os.environ.get("DATABASE_URL"):
-        admin_url = DatabaseUrl(os.environ["DATABASE_URL"])
+        admin_url = resolve_database_url(None)
+        exporter_url = admin_url
     else:
         server = _embedded_server(data_dir)
         admin_url = DatabaseUrl(
             server.get_uri("postgres").replace("postgresql://", "postgresql+psycopg2://", 1)
+        )
+        # The embedded server trusts local connections: the exporter logs in as its read-only role.
+        exporter_url = DatabaseUrl(
+            make_url(admin_url.url).set(username=migrate.EXPORTER_ROLE, password=None).render_as_string()
         )
         log.info("embedded postgres started", extra={"fields": {"data": str(data_dir)}})
     migrate.upgrade(admin_url)
@@ -75,7 +82,7 @@ def run_demo(data_dir: Path, history: timedelta, shift_after: timedelta, rate: f
     )
     writer.start()
     try:
-        return serve(load_config(demo_config_path()), admin_url)
+        return serve(load_config(demo_config_path()), exporter_url)
     finally:
         stop.set()
         writer.join(5)
