@@ -204,7 +204,7 @@ def test_live_metrics_and_snapshot_cli_pass_promtool(cli, admin_engine, exporter
     finally:
         exporter.stop()
     assert status == 200
-    assert b"error_pattern: " in page and b"<table class=matrix>" in page
+    assert b"error_pattern: " in page and b"<table class=matrix" in page
     live = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
     assert live.returncode == 0, live.stderr.decode() + live.stdout.decode()
 
