@@ -123,12 +123,32 @@ class ColumnMap(_Strict):
         return value
 
 
+_QUALIFIED = r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class RollupConfig(_Strict):
+    """The append-only tables an incremental rollup folds (the reference schema's shape)."""
+
+    predictions: str = Field(default="inference.predictions", pattern=_QUALIFIED)
+    labels: str = Field(default="inference.labels", pattern=_QUALIFIED)
+
+
 class SourceConfig(_Strict):
     """A table or view holding one row per prediction, with its label when it has arrived."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     table: str
     columns: ColumnMap
+    rollup: RollupConfig | None = None
+
+    @field_validator("rollup", mode="before")
+    @classmethod
+    def _rollup_switch(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
 
     @field_validator("table")
     @classmethod

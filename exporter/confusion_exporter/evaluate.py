@@ -12,6 +12,7 @@ from .matrices import SliceKey, WindowCounts, align, build_slices
 from .snapshot import MonitorResult, SliceResult, WindowResult
 from .source.baselines import read_baseline
 from .source.counts import count_query, fetch_counts
+from .source.rollup import fetch_window_rows
 from .stats.classification import classification_metrics
 from .stats.shift import ShiftParameters, ShiftReport, missing_reference_report, shift_report
 from .windows import CURRENT, REFERENCE, monitor_windows
@@ -24,12 +25,16 @@ def evaluate_monitor(
     settings = config.exporter
     windows = monitor_windows(now, monitor, settings.bucket)
     source = config.source(monitor.source)
-    query = count_query(source, monitor, windows, now, settings.bucket, settings.future_tolerance)
-    rows = fetch_counts(connection, query)
+    bucket_seconds = int(settings.bucket.total_seconds())
+    if source.rollup is not None:
+        rows = fetch_window_rows(connection, source.name, monitor.model, windows, now, bucket_seconds)
+    else:
+        query = count_query(source, monitor, windows, now, settings.bucket, settings.future_tolerance)
+        rows = fetch_counts(connection, query)
     slices = build_slices(
         rows,
         windows,
-        int(settings.bucket.total_seconds()),
+        bucket_seconds,
         monitor.classes,
         monitor.max_classes or settings.max_classes,
     )

@@ -336,6 +336,7 @@ class HealthState:
     failures: dict[str, int] = field(default_factory=dict)
     last_success: dict[str, float] = field(default_factory=dict)
     last_error: dict[str, str] = field(default_factory=dict)
+    folds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in self.monitors:
@@ -396,7 +397,40 @@ class HealthCollector(Collector):
                 refreshes.add_metric([name], state.refreshes[name])
                 failures.add_metric([name], state.failures[name])
                 last_success.add_metric([name], state.last_success[name])
-        yield from (info, duration, database_up, refreshes, failures, last_success)
+            rollup: list[CounterMetricFamily | GaugeMetricFamily] = [
+                CounterMetricFamily(
+                    "confusion_exporter_rollup_folds",
+                    "Incremental folds of the source into its rollup.",
+                    labels=["source"],
+                ),
+                CounterMetricFamily(
+                    "confusion_exporter_rollup_predictions",
+                    "New predictions folded into the rollup.",
+                    labels=["source"],
+                ),
+                CounterMetricFamily(
+                    "confusion_exporter_rollup_label_changes",
+                    "Predictions whose counted label changed (first label, late label or correction).",
+                    labels=["source"],
+                ),
+                GaugeMetricFamily(
+                    "confusion_exporter_rollup_pending_ids",
+                    "Ids below a watermark not visible yet (uncommitted or aborted writes), "
+                    "re-checked each fold.",
+                    labels=["source"],
+                ),
+                GaugeMetricFamily(
+                    "confusion_exporter_rollup_fold_duration_seconds",
+                    "Wall time of the source's last fold.",
+                    labels=["source"],
+                ),
+            ]
+            for source, stats in state.folds.items():
+                for family, key in zip(
+                    rollup, ("folds", "predictions", "labels", "pending", "duration"), strict=True
+                ):
+                    family.add_metric([source], stats.get(key, 0))
+        yield from (info, duration, database_up, refreshes, failures, last_success, *rollup)
 
 
 def render(*collectors: Collector) -> bytes:

@@ -22,6 +22,7 @@ from .evaluate import evaluate_monitor
 from .exposition import HealthCollector, HealthState, SnapshotCollector, render
 from .snapshot import MonitorResult, Snapshot
 from .source.database import reader_engine, redact_error
+from .source.rollup import fold
 
 log = logging.getLogger("confusion_exporter.refresher")
 
@@ -85,13 +86,15 @@ class Refresher:
         started = time.monotonic()
         now = self.clock()
         all_ok, any_ok, reached_db = True, False, False
-        for monitor in self.config.monitors:
+        due = [m for m in self.config.monitors if not only_due or self._next_due[m.monitor_name] <= started]
+        failed_sources = self._fold_rollups({m.source for m in due})
+        for monitor in due:
             name = monitor.monitor_name
-            if only_due and self._next_due[name] > started:
-                continue
             with self.health.lock:
                 self.health.refreshes[name] += 1
             try:
+                if monitor.source in failed_sources:
+                    raise RuntimeError(f"folding source {monitor.source!r}: {failed_sources[monitor.source]}")
                 with self.engine.connect() as connection:
                     reached_db = True
                     with connection.begin():
@@ -126,6 +129,30 @@ class Refresher:
             self.health.database_up = int(reached_db)
         self._publish(now, rebuild_snapshot=any_ok)
         return all_ok
+
+    def _fold_rollups(self, sources: set[str]) -> dict[str, str]:
+        """Fold the changes of every due rollup source; return the errors of those that failed."""
+        failed = {}
+        bucket_seconds = int(self.config.exporter.bucket.total_seconds())
+        for source in self.config.sources:
+            if source.rollup is None or source.name not in sources:
+                continue
+            started = time.monotonic()
+            try:
+                with self.engine.connect() as connection, connection.begin():
+                    result = fold(connection, source, bucket_seconds)
+            except Exception as error:  # its monitors fail and retry with backoff
+                failed[source.name] = redact_error(error, self.url)
+                continue
+            with self.health.lock:
+                stats = self.health.folds.setdefault(source.name, {"folds": 0, "predictions": 0, "labels": 0})
+                stats["folds"] += 1
+                stats["predictions"] += result.predictions
+                stats["labels"] += result.labels_changed
+                stats["pending"] = result.pending_predictions + result.pending_labels
+                stats["given_up"] = stats.get("given_up", 0) + result.given_up
+                stats["duration"] = time.monotonic() - started
+        return failed
 
     def _publish(self, now: datetime, rebuild_snapshot: bool) -> None:
         previous = self.published

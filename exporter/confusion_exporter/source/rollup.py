@@ -1,0 +1,292 @@
+"""Incremental rollups of a reference-schema source: fold only what changed since the last fold.
+
+The store (``confusion_exporter.rollup_cells``) holds counts per (bucket of prediction time,
+model, version, segment, predicted class, true class or NULL while unlabeled, rejection
+reason). Each fold runs in one REPEATABLE READ transaction that reads the changes, applies
+them and moves the watermarks, so a crash or a restart can neither lose nor double a row.
+
+What changed since the last fold:
+
+- predictions with ``id > prediction_watermark`` (identity ids; rows are append-only);
+- labels with ``id > label_watermark``; labels are append-only and the latest id of a
+  prediction wins, so a new label moves its prediction's contribution from the previous
+  label's cell (or from "unlabeled") to its own, and an older label arriving late changes
+  nothing;
+- ids that were pending: below a watermark but not yet visible.
+
+Commit order is not id order: a writer may take id 100, a second id 101 and commit first. A
+fold that saw 101 but not 100 records 100 as *pending* and looks it up again (by primary
+key) on every fold. A pending id is given up only when it cannot appear any more: it was
+still missing at a fold whose snapshot had ``xmin`` above the ``xmax`` recorded one fold after
+the gap was first seen, i.e. every transaction that could hold the id has ended (the writer
+takes its xid within the same INSERT that takes the id, long before the next fold).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..config import SourceConfig
+from ..windows import Window
+from .counts import COUNT_COLUMNS
+
+STATE = "confusion_exporter.rollup_state"
+CELLS = "confusion_exporter.rollup_cells"
+KEY = "source, bucket, model, version, segment, predicted, actual, reason"
+
+
+def _reason(predicted: str, actual: str) -> str:
+    """The rejection reason of a contribution, as the full-recount query computes it."""
+    blank_predicted = f"({predicted} IS NULL OR btrim({predicted}) = '')"
+    blank_actual = f"({actual} IS NULL OR btrim({actual}) = '')"
+    return (
+        f"CASE WHEN {blank_predicted} AND NOT {blank_actual} THEN 'label_without_prediction' "
+        f"WHEN {blank_predicted} THEN 'missing_predicted_class' "
+        f"WHEN {actual} IS NOT NULL AND btrim({actual}) = '' THEN 'empty_true_class' END"
+    )
+
+
+def _quoted(connection: Connection, qualified: str) -> str:
+    """Quote a schema-qualified table name from the config with SQLAlchemy's preparer."""
+    preparer = connection.dialect.identifier_preparer
+    return ".".join(preparer.quote_identifier(part) for part in qualified.split("."))
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """What one fold did."""
+
+    predictions: int
+    labels_changed: int
+    pending_predictions: int
+    pending_labels: int
+    given_up: int
+
+
+def _upsert(select_sql: str) -> str:
+    return (
+        f"INSERT INTO {CELLS} AS r ({KEY}, n, delay_sum) {select_sql} "
+        f"ON CONFLICT ({KEY}) DO UPDATE SET n = r.n + EXCLUDED.n, delay_sum = r.delay_sum + EXCLUDED.delay_sum"
+    )
+
+
+def _state(connection: Connection, source: str, bucket_seconds: int) -> dict[str, Any]:
+    connection.execute(
+        sa.text(
+            f"INSERT INTO {STATE} (source, bucket_seconds) VALUES (:source, :bucket) ON CONFLICT (source) DO NOTHING"
+        ),
+        {"source": source, "bucket": bucket_seconds},
+    )
+    row = connection.execute(
+        sa.text(
+            f"SELECT bucket_seconds, prediction_watermark, label_watermark, pending FROM {STATE} "
+            "WHERE source = :source FOR UPDATE"
+        ),
+        {"source": source},
+    ).one()
+    if row.bucket_seconds != bucket_seconds:
+        raise RuntimeError(
+            f"source {source!r}: the rollup was built with {row.bucket_seconds}s buckets, the config says "
+            f"{bucket_seconds}s; run `confusion-exporter rebuild --source {source}`"
+        )
+    pending = row.pending if isinstance(row.pending, dict) else json.loads(row.pending)
+    return {"predictions_wm": row.prediction_watermark, "labels_wm": row.label_watermark, "pending": pending}
+
+
+def _advance(
+    connection: Connection,
+    table: str,
+    watermark: int,
+    pending: dict[str, Any],
+    snapshot: tuple[int, int],
+) -> tuple[int, dict[str, Any], int]:
+    """New watermark and pending ids of ``table`` after a fold; returns (watermark, pending, given up)."""
+    xmin, xmax = snapshot
+    new_max = connection.execute(
+        sa.text(f"SELECT coalesce(max(id), :wm) FROM {table} WHERE id > :wm"), {"wm": watermark}
+    ).scalar_one()
+    visible = set(
+        connection.execute(
+            sa.text(f"SELECT id FROM {table} WHERE id = ANY(:ids)"), {"ids": [int(i) for i in pending]}
+        ).scalars()
+    )
+    gaps = connection.execute(
+        sa.text(
+            f"SELECT g FROM generate_series(CAST(:wm AS bigint) + 1, CAST(:new_max AS bigint)) g "
+            f"EXCEPT SELECT id FROM {table} WHERE id > :wm AND id <= :new_max"
+        ),
+        {"wm": watermark, "new_max": new_max},
+    ).scalars()
+    still: dict[str, Any] = {}
+    given_up = 0
+    for key, entry in pending.items():
+        if int(key) in visible:
+            continue  # folded in this transaction
+        if entry.get("xmax") is None:
+            still[key] = {"xmax": xmax}  # from now on, every writer that could hold it has an xid
+        elif xmin > entry["xmax"]:
+            given_up += 1  # every transaction that could have held the id has ended
+        else:
+            still[key] = entry
+    for gap in gaps:
+        still[str(gap)] = {"xmax": None}
+    return int(new_max), still, given_up
+
+
+def fold(connection: Connection, source: SourceConfig, bucket_seconds: int) -> FoldResult:
+    """Fold the changes of ``source`` into its rollup; the caller commits (one transaction)."""
+    assert source.rollup is not None
+    connection.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ WRITE"))
+    predictions = _quoted(connection, source.rollup.predictions)
+    labels = _quoted(connection, source.rollup.labels)
+    state = _state(connection, source.name, bucket_seconds)
+    snapshot = connection.execute(
+        sa.text(
+            "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint "
+            "FROM pg_current_snapshot() s"
+        )
+    ).one()
+    pending_p = [int(i) for i in state["pending"].get("predictions", {})]
+    pending_l = [int(i) for i in state["pending"].get("labels", {})]
+    params = {
+        "source": source.name,
+        "bucket": bucket_seconds,
+        "pwm": state["predictions_wm"],
+        "lwm": state["labels_wm"],
+        "ppending": pending_p,
+        "lpending": pending_l,
+    }
+    bucket = "floor(extract(epoch FROM p.predicted_at) / :bucket)::bigint"
+    new_predictions = f"FROM {predictions} p WHERE p.id > :pwm OR p.id = ANY(:ppending)"
+    folded_predictions = connection.execute(
+        sa.text(f"SELECT count(*) {new_predictions}"), params
+    ).scalar_one()
+    connection.execute(
+        sa.text(
+            _upsert(
+                f"SELECT :source, {bucket}, p.model_name, p.model_version, p.segment, p.predicted_class, "
+                f"NULL, {_reason('p.predicted_class', 'NULL')}, count(*), 0 {new_predictions} "
+                "GROUP BY 2, 3, 4, 5, 6, 8"
+            )
+        ),
+        params,
+    )
+    changed = connection.execute(
+        sa.text(
+            f"""
+            WITH batch AS (
+                SELECT DISTINCT ON (l.prediction_id) l.prediction_id, l.id, l.true_class, l.labeled_at
+                  FROM {labels} l
+                 WHERE l.id > :lwm OR l.id = ANY(:lpending)
+                 ORDER BY l.prediction_id, l.id DESC
+            ), moved AS (
+                SELECT b.prediction_id, b.true_class AS new_class, b.labeled_at AS new_at,
+                       old.id AS old_id, old.true_class AS old_class, old.labeled_at AS old_at
+                  FROM batch b
+                  LEFT JOIN LATERAL (
+                        SELECT o.id, o.true_class, o.labeled_at FROM {labels} o
+                         WHERE o.prediction_id = b.prediction_id AND o.id <= :lwm AND o.id <> ALL(:lpending)
+                         ORDER BY o.id DESC LIMIT 1
+                  ) old ON true
+                 WHERE old.id IS NULL OR b.id > old.id
+            ), deltas AS (
+                SELECT p.*, m.old_class AS actual, -1 AS n,
+                       CASE WHEN m.old_id IS NULL THEN 0
+                            ELSE -extract(epoch FROM m.old_at - p.predicted_at) END AS delay
+                  FROM moved m JOIN {predictions} p ON p.id = m.prediction_id
+                UNION ALL
+                SELECT p.*, m.new_class, 1, extract(epoch FROM m.new_at - p.predicted_at)
+                  FROM moved m JOIN {predictions} p ON p.id = m.prediction_id
+            ), applied AS (
+                {
+                _upsert(
+                    f"SELECT :source, {bucket}, p.model_name, p.model_version, p.segment, p.predicted_class, "
+                    f"p.actual, {_reason('p.predicted_class', 'p.actual')}, sum(p.n), coalesce(sum(p.delay), 0) "
+                    "FROM deltas p GROUP BY 2, 3, 4, 5, 6, 7, 8"
+                )
+            }
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM applied)
+            """
+        ),
+        params,
+    ).one()[0]
+    pwm, p_pending, p_given_up = _advance(
+        connection, predictions, state["predictions_wm"], state["pending"].get("predictions", {}), snapshot
+    )
+    lwm, l_pending, l_given_up = _advance(
+        connection, labels, state["labels_wm"], state["pending"].get("labels", {}), snapshot
+    )
+    connection.execute(
+        sa.text(
+            f"UPDATE {STATE} SET prediction_watermark = :pwm, label_watermark = :lwm, "
+            "pending = CAST(:pending AS jsonb), folds = folds + 1, updated_at = now() WHERE source = :source"
+        ),
+        {
+            "pwm": pwm,
+            "lwm": lwm,
+            "source": source.name,
+            "pending": json.dumps({"predictions": p_pending, "labels": l_pending}),
+        },
+    )
+    return FoldResult(
+        int(folded_predictions), int(changed), len(p_pending), len(l_pending), p_given_up + l_given_up
+    )
+
+
+def fetch_window_rows(
+    connection: Connection,
+    source: str,
+    model: str,
+    windows: tuple[Window, ...],
+    now: datetime,
+    bucket_seconds: int,
+) -> pd.DataFrame:
+    """The windows' rows summed from the rollup, shaped like the full count query's.
+
+    Rows in buckets that start after ``now`` are rejected as ``future_timestamp`` (the full
+    query compares each row's own time; here the bucket holding ``now`` counts as present).
+    """
+    model_filter = "" if model == "*" else "AND model = :model"
+    query = sa.text(
+        f"""
+        SELECT CASE WHEN bucket * :bucket > :now_epoch THEN NULL ELSE bucket END AS bucket,
+               model, version, segment, predicted, actual,
+               CASE WHEN bucket * :bucket > :now_epoch THEN 'future_timestamp' ELSE reason END AS reason,
+               sum(n) AS n, sum(delay_sum) AS delay_sum
+          FROM {CELLS}
+         WHERE source = :source {model_filter}
+           AND ((bucket >= :first_bucket AND bucket < :end_bucket) OR bucket * :bucket > :now_epoch)
+         GROUP BY 1, 2, 3, 4, 5, 6, 7
+        HAVING sum(n) <> 0
+        """
+    )
+    params = {
+        "source": source,
+        "model": model,
+        "bucket": bucket_seconds,
+        "now_epoch": now.timestamp(),
+        "first_bucket": int(min(w.start for w in windows).timestamp()) // bucket_seconds,
+        "end_bucket": -(-int(max(w.end for w in windows).timestamp()) // bucket_seconds),
+    }
+    frame = pd.DataFrame(connection.execute(query, params).fetchall(), columns=COUNT_COLUMNS)
+    frame["n"] = frame["n"].astype("int64")
+    frame["delay_sum"] = pd.to_numeric(frame["delay_sum"], errors="coerce").astype("float64")
+    # Unlabeled cells carry no delay; the full query reports NULL there, not 0.
+    frame.loc[frame["actual"].isna(), "delay_sum"] = float("nan")
+    return frame
+
+
+def reset(connection: Connection, source: str) -> None:
+    """Forget a source's rollup and state: the next fold recounts it from scratch."""
+    connection.execute(sa.text("SET TRANSACTION READ WRITE"))
+    connection.execute(sa.text(f"DELETE FROM {CELLS} WHERE source = :source"), {"source": source})
+    connection.execute(sa.text(f"DELETE FROM {STATE} WHERE source = :source"), {"source": source})

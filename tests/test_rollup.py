@@ -1,0 +1,268 @@
+"""Incremental rollups stay equal to a full recount under concurrent, out-of-order writers,
+late and corrected labels, aborted transactions, restarts and interrupted folds."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from confusion_exporter.config import config_from_mapping
+from confusion_exporter.source.rollup import fold, reset
+
+from .helpers import NOW, snapshot_at
+from .test_simulate import REFERENCE_SOURCE
+
+BUCKET = 60
+CLASSES = ["cat", "dog", "bird", None, "  "]  # NULL and blank classes are rejections, counted apart
+
+
+def rollup_config(**monitor):  # type: ignore[no-untyped-def]
+    return config_from_mapping(
+        {
+            "sources": [{**REFERENCE_SOURCE, "rollup": True}],
+            "monitors": [
+                {
+                    "source": "ref",
+                    "model": "*",
+                    "window": "1h",
+                    "reference": {"kind": "trailing", "length": "3h"},
+                    **monitor,
+                }
+            ],
+        },
+        env={},
+    )
+
+
+def recount(connection: sa.Connection) -> dict[tuple, tuple[int, float]]:  # type: ignore[type-arg]
+    """An independent full recount of the source tables, keyed like the rollup."""
+    rows = connection.execute(
+        sa.text(
+            """
+            SELECT floor(extract(epoch FROM predicted_at) / 60)::bigint, model_name, model_version, segment,
+                   predicted_class, true_class,
+                   CASE WHEN (predicted_class IS NULL OR btrim(predicted_class) = '')
+                             AND NOT (true_class IS NULL OR btrim(true_class) = '') THEN 'label_without_prediction'
+                        WHEN predicted_class IS NULL OR btrim(predicted_class) = '' THEN 'missing_predicted_class'
+                        WHEN true_class IS NOT NULL AND btrim(true_class) = '' THEN 'empty_true_class' END,
+                   count(*), coalesce(sum(extract(epoch FROM labeled_at - predicted_at)), 0)
+              FROM inference.labeled_predictions
+             GROUP BY 1, 2, 3, 4, 5, 6, 7
+            """
+        )
+    ).fetchall()
+    return {tuple(r[:7]): (int(r[7]), float(r[8])) for r in rows}
+
+
+def stored(connection: sa.Connection) -> dict[tuple, tuple[int, float]]:  # type: ignore[type-arg]
+    rows = connection.execute(
+        sa.text(
+            "SELECT bucket, model, version, segment, predicted, actual, reason, n, delay_sum "
+            "FROM confusion_exporter.rollup_cells WHERE source = 'ref' AND n <> 0"
+        )
+    ).fetchall()
+    return {tuple(r[:7]): (int(r[7]), float(r[8])) for r in rows}
+
+
+def assert_equal(connection: sa.Connection) -> None:
+    got, want = stored(connection), recount(connection)
+    assert set(got) == set(want), set(got) ^ set(want)
+    for key, (n, delay) in want.items():
+        assert got[key][0] == n, key
+        assert got[key][1] == pytest.approx(delay, abs=1e-6), key
+
+
+class Writer:
+    """One client with an open transaction, writing predictions and labels."""
+
+    def __init__(self, engine: sa.Engine, rng: random.Random):
+        self.connection = engine.connect()
+        self.transaction = self.connection.begin()
+        self.rng = rng
+
+    def predictions(self, n: int) -> None:
+        rows = [
+            {
+                "m": self.rng.choice(["fraud", "digits"]),
+                "v": self.rng.choice(["v1", "v2"]),
+                "at": NOW - timedelta(seconds=self.rng.uniform(0, 4 * 3600)),
+                "p": self.rng.choice(CLASSES),
+                "s": self.rng.choice(["eu", "us", None]),
+            }
+            for _ in range(n)
+        ]
+        self.connection.execute(
+            sa.text(
+                "INSERT INTO inference.predictions (model_name, model_version, predicted_at, predicted_class, segment) "
+                "VALUES (:m, :v, :at, :p, :s)"
+            ),
+            rows,
+        )
+
+    def labels(self, n: int) -> None:
+        # Labels for predictions this client can see: new, late, and corrections of labeled ones.
+        targets = self.connection.execute(
+            sa.text("SELECT id, predicted_at FROM inference.predictions ORDER BY random() LIMIT :n"), {"n": n}
+        ).fetchall()
+        rows = [
+            {
+                "p": pid,
+                "c": self.rng.choice(CLASSES + ["cat", "dog"]),
+                "at": at + timedelta(seconds=self.rng.uniform(1, 6 * 3600)),
+            }
+            for pid, at in targets
+        ]
+        if rows:
+            self.connection.execute(
+                sa.text(
+                    "INSERT INTO inference.labels (prediction_id, true_class, labeled_at) VALUES (:p, :c, :at)"
+                ),
+                rows,
+            )
+
+    def finish(self, commit: bool) -> None:
+        (self.transaction.commit if commit else self.transaction.rollback)()
+        self.connection.close()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rollup_equals_a_full_recount_after_every_fold(seed, clean_reference_schema, exporter_url):
+    admin = clean_reference_schema
+    clients = sa.create_engine(admin.url, poolclass=sa.pool.NullPool)  # one connection per open writer
+    rng = random.Random(seed)
+    config = rollup_config()
+    source = config.sources[0]
+    exporter = sa.create_engine(exporter_url)
+    with exporter.begin() as conn:
+        reset(conn, "ref")
+    writers: list[Writer] = []
+    folds = 0
+    try:
+        for _step in range(120):
+            action = rng.random()
+            if action < 0.3 or not writers:
+                writers.append(Writer(clients, rng))
+                writers[-1].predictions(rng.randint(1, 30))
+            elif action < 0.5:
+                rng.choice(writers).labels(rng.randint(1, 20))
+            elif action < 0.75:
+                writer = writers.pop(rng.randrange(len(writers)))
+                writer.finish(commit=rng.random() < 0.85)  # some transactions abort: their ids never appear
+            elif action < 0.8:
+                # A restart: the exporter's process and its connections are gone; its state is in the database.
+                exporter.dispose()
+                exporter = sa.create_engine(exporter_url)
+            elif action < 0.85:
+                # A fold interrupted before commit (a crash, a timeout): nothing of it may remain.
+                with exporter.connect() as conn:
+                    transaction = conn.begin()
+                    fold(conn, source, BUCKET)
+                    transaction.rollback()
+            else:
+                with exporter.connect() as conn, conn.begin():
+                    fold(conn, source, BUCKET)
+                folds += 1
+                with admin.connect() as conn:
+                    assert_equal(conn)
+        for writer in writers:
+            writer.finish(commit=True)
+        writers.clear()
+        for _ in range(3):  # pending ids: visible ones are folded, aborted ones given up
+            with exporter.connect() as conn, conn.begin():
+                result = fold(conn, source, BUCKET)
+        with admin.connect() as conn:
+            assert_equal(conn)
+        assert result.pending_predictions == 0 and result.pending_labels == 0
+        assert folds >= 5
+    finally:
+        for writer in writers:
+            writer.finish(commit=False)
+        exporter.dispose()
+        clients.dispose()
+
+
+def test_late_labels_and_corrections_move_counts_between_cells(clean_reference_schema, exporter_url):
+    admin = clean_reference_schema
+    config = rollup_config()
+    exporter = sa.create_engine(exporter_url)
+    at = NOW - timedelta(minutes=20)
+    with exporter.begin() as conn:
+        reset(conn, "ref")
+    with admin.begin() as conn:
+        pid = conn.execute(
+            sa.text(
+                "INSERT INTO inference.predictions (model_name, model_version, predicted_at, predicted_class) "
+                "VALUES ('m', 'v1', :at, 'cat') RETURNING id"
+            ),
+            {"at": at},
+        ).scalar_one()
+
+    def cells() -> dict:  # type: ignore[type-arg]
+        with admin.connect() as conn:
+            return {(k[5]): v[0] for k, v in stored(conn).items()}
+
+    def fold_now() -> None:
+        with exporter.connect() as conn, conn.begin():
+            fold(conn, config.sources[0], BUCKET)
+
+    fold_now()
+    assert cells() == {None: 1}  # unlabeled
+    for true_class, expected in (("dog", {"dog": 1}), ("cat", {"cat": 1})):  # a label, then a correction
+        with admin.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO inference.labels (prediction_id, true_class, labeled_at) "
+                    "VALUES (:p, :c, :at)"
+                ),
+                {"p": pid, "c": true_class, "at": at + timedelta(hours=1)},
+            )
+        fold_now()
+        assert {k: v for k, v in cells().items() if v} == expected
+    exporter.dispose()
+
+
+def test_monitors_read_the_same_matrices_from_the_rollup_as_from_a_full_query(
+    clean_reference_schema, exporter_url
+):
+    from confusion_exporter.simulate import SimulationSettings, Simulator
+
+    now = datetime.now(UTC).replace(second=30)
+    Simulator(
+        clean_reference_schema,
+        SimulationSettings(models=["digits-rf", "fraud-gbm"], rate_per_second=1, seed=9),
+    ).backfill(now - timedelta(hours=4), now)
+    with sa.create_engine(exporter_url).begin() as conn:
+        reset(conn, "ref")
+    incremental = snapshot_at(rollup_config(), exporter_url, now)
+    full = snapshot_at(
+        config_from_mapping(
+            {
+                "sources": [REFERENCE_SOURCE],
+                "monitors": [
+                    {
+                        "source": "ref",
+                        "model": "*",
+                        "window": "1h",
+                        "reference": {"kind": "trailing", "length": "3h"},
+                    }
+                ],
+            },
+            env={},
+        ),
+        exporter_url,
+        now,
+    )
+    a, b = incremental.monitors["ref:*"], full.monitors["ref:*"]
+    assert [s.key for s in a.slices] == [s.key for s in b.slices] and a.slices
+    for x, y in zip(a.slices, b.slices, strict=True):
+        for window in ("current", "reference"):
+            cx, cy = x.windows[window].counts, y.windows[window].counts
+            assert cx.classes == cy.classes
+            assert (cx.matrix == cy.matrix).all() and (cx.unlabeled == cy.unlabeled).all()
+            assert cx.mean_label_delay_seconds == pytest.approx(cy.mean_label_delay_seconds, nan_ok=True)
+        assert x.shift.tests["error_pattern"].statistic == pytest.approx(
+            y.shift.tests["error_pattern"].statistic
+        )
