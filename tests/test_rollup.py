@@ -266,3 +266,64 @@ def test_monitors_read_the_same_matrices_from_the_rollup_as_from_a_full_query(
         assert x.shift.tests["error_pattern"].statistic == pytest.approx(
             y.shift.tests["error_pattern"].statistic
         )
+
+
+def test_rebuild_detects_and_repairs_a_damaged_rollup(clean_reference_schema, exporter_url, cli, tmp_path):
+    import yaml
+
+    from confusion_exporter.simulate import SimulationSettings, Simulator
+
+    from .conftest import run_cli
+
+    Simulator(
+        clean_reference_schema, SimulationSettings(models=["digits-rf"], rate_per_second=0.5, seed=4)
+    ).backfill(NOW - timedelta(hours=3), NOW)
+    path = tmp_path / "rollup.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [{**REFERENCE_SOURCE, "rollup": True}],
+                "monitors": [
+                    {
+                        "source": "ref",
+                        "model": "*",
+                        "window": "1h",
+                        "reference": {"kind": "trailing", "length": "2h"},
+                    }
+                ],
+            }
+        )
+    )
+    env = {"DATABASE_URL": exporter_url}
+    rebuilt = run_cli(cli, "rebuild", "--config", str(path), "--source", "ref", env=env)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (
+        run_cli(cli, "rebuild", "--config", str(path), "--source", "ref", "--check", env=env).returncode == 0
+    )
+    with clean_reference_schema.begin() as conn:
+        assert_equal(conn)
+        damaged = conn.execute(
+            sa.text(
+                "UPDATE confusion_exporter.rollup_cells SET n = n + 7 WHERE ctid = "
+                "(SELECT ctid FROM confusion_exporter.rollup_cells WHERE source = 'ref' AND n > 0 LIMIT 1) "
+                "RETURNING bucket"
+            )
+        ).scalar_one()
+    at = datetime.fromtimestamp(damaged * BUCKET, UTC)
+    check = run_cli(cli, "rebuild", "--config", str(path), "--source", "ref", "--check", env=env)
+    assert check.returncode == 1 and "1 differ" in check.stdout, check.stdout + check.stderr
+    span = [
+        "--from",
+        (at - timedelta(minutes=5)).isoformat(),
+        "--to",
+        (at + timedelta(minutes=5)).isoformat(),
+    ]
+    repair = run_cli(cli, "rebuild", "--config", str(path), "--source", "ref", *span, env=env)
+    assert repair.returncode == 0 and "1 were repaired" in repair.stdout, repair.stdout + repair.stderr
+    assert (
+        run_cli(cli, "rebuild", "--config", str(path), "--source", "ref", "--check", env=env).returncode == 0
+    )
+    with clean_reference_schema.connect() as conn:
+        assert_equal(conn)
+    wrong = run_cli(cli, "rebuild", "--config", str(path), "--source", "nope", env=env)
+    assert wrong.returncode == 2 and "--source: 'nope' is not a source with rollup enabled" in wrong.stderr

@@ -140,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", required=True, help="baseline name, as in reference: {kind: baseline, name: N}"
     )
 
+    rebuild = sub.add_parser("rebuild", help="recount a rollup source from scratch (repair) or check it")
+    _config_arg(rebuild)
+    rebuild.add_argument("--source", required=True, help="a source with rollup enabled")
+    rebuild.add_argument("--from", dest="start", type=_timestamp, help="recount only this span's buckets ...")
+    rebuild.add_argument("--to", dest="end", type=_timestamp, help="... up to here (exclusive)")
+    rebuild.add_argument(
+        "--check", action="store_true", help="compare with a recount, change nothing; exit 1 if they differ"
+    )
+
     demo = sub.add_parser("demo", help="no Docker: embedded Postgres + simulator + exporter on :9745")
     demo.add_argument("--data-dir", default=".demo/pgdata", help="embedded PostgreSQL data directory")
     demo.add_argument("--history", type=_duration, default=timedelta(hours=3), help="traffic to backfill")
@@ -259,6 +268,44 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from .source import rollup
+    from .source.database import admin_engine
+
+    config = _load(args)
+    source = next((s for s in config.sources if s.name == args.source), None)
+    if source is None or source.rollup is None:
+        with_rollup = ", ".join(s.name for s in config.sources if s.rollup is not None) or "none"
+        raise ConfigError(
+            [f"--source: {args.source!r} is not a source with rollup enabled (those: {with_rollup})"]
+        )
+    bucket = int(config.exporter.bucket.total_seconds())
+    engine = admin_engine(resolve_database_url(config))
+    try:
+        with engine.connect() as connection, connection.begin():
+            if args.start is None and args.end is None and not args.check:
+                result = rollup.rebuild(connection, source, bucket)
+                print(
+                    f"rebuilt {source.name}: {result.predictions} predictions, {result.labels_changed} labels"
+                )
+                return EXIT_OK
+            start = args.start or datetime.fromtimestamp(0, UTC)
+            end = args.end or _now() + timedelta(days=3650)
+            stored, recounted = rollup.recount_range(
+                connection, source, bucket, start, end, write=not args.check
+            )
+    finally:
+        engine.dispose()
+    differing = {
+        k
+        for k in stored.keys() | recounted.keys()
+        if stored.get(k, (0, 0.0))[0] != recounted.get(k, (0, 0.0))[0]
+    }
+    verb = "differ" if args.check else "were repaired"
+    print(f"{source.name}: {len(recounted)} cells recounted, {len(differing)} {verb}")
+    return EXIT_FAILURE if args.check and differing else EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -344,6 +391,7 @@ COMMANDS = {
     "simulate": cmd_simulate,
     "demo": cmd_demo,
     "baseline": cmd_baseline,
+    "rebuild": cmd_rebuild,
 }
 
 

@@ -33,7 +33,8 @@ UPGRADE = [
     # folding can add to it with ON CONFLICT.
     """
     CREATE UNIQUE INDEX IF NOT EXISTS rollup_cells_key
-        ON confusion_exporter.rollup_cells (source, bucket, model, version, segment, predicted, actual, reason)
+        ON confusion_exporter.rollup_cells
+           (source, bucket, model, version, segment, predicted, actual, reason)
         NULLS NOT DISTINCT
     """,
     # What has been folded: ids up to the watermarks, except the pending gaps (ids below a

@@ -142,8 +142,12 @@ def _advance(
 
 def fold(connection: Connection, source: SourceConfig, bucket_seconds: int) -> FoldResult:
     """Fold the changes of ``source`` into its rollup; the caller commits (one transaction)."""
-    assert source.rollup is not None
     connection.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ WRITE"))
+    return _fold(connection, source, bucket_seconds)
+
+
+def _fold(connection: Connection, source: SourceConfig, bucket_seconds: int) -> FoldResult:
+    assert source.rollup is not None
     predictions = _quoted(connection, source.rollup.predictions)
     labels = _quoted(connection, source.rollup.labels)
     state = _state(connection, source.name, bucket_seconds)
@@ -290,3 +294,119 @@ def reset(connection: Connection, source: str) -> None:
     connection.execute(sa.text("SET TRANSACTION READ WRITE"))
     connection.execute(sa.text(f"DELETE FROM {CELLS} WHERE source = :source"), {"source": source})
     connection.execute(sa.text(f"DELETE FROM {STATE} WHERE source = :source"), {"source": source})
+
+
+def rebuild(connection: Connection, source: SourceConfig, bucket_seconds: int) -> FoldResult:
+    """Recount the whole source from scratch, atomically (readers see the old rollup until commit)."""
+    connection.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ WRITE"))
+    connection.execute(sa.text(f"DELETE FROM {CELLS} WHERE source = :source"), {"source": source.name})
+    connection.execute(sa.text(f"DELETE FROM {STATE} WHERE source = :source"), {"source": source.name})
+    return _fold(connection, source, bucket_seconds)
+
+
+Cells = dict[tuple[Any, ...], tuple[int, float]]
+
+
+def recount_range(
+    connection: Connection,
+    source: SourceConfig,
+    bucket_seconds: int,
+    start: datetime,
+    end: datetime,
+    write: bool,
+) -> tuple[Cells, Cells]:
+    """Recount ``[start, end)`` from the rows already folded; return (stored, recounted) cells.
+
+    With ``write`` the stored cells of the range are replaced by the recount (repair);
+    without, nothing changes (verification). Only folded rows count, so a recount never
+    takes a row the next fold would add again.
+    """
+    assert source.rollup is not None
+    mode = "READ WRITE" if write else "READ ONLY"
+    connection.execute(sa.text(f"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, {mode}"))
+    predictions = _quoted(connection, source.rollup.predictions)
+    labels = _quoted(connection, source.rollup.labels)
+    state = _state(connection, source.name, bucket_seconds) if write else _read_state(connection, source.name)
+    params = {
+        "source": source.name,
+        "bucket": bucket_seconds,
+        "pwm": state["predictions_wm"],
+        "lwm": state["labels_wm"],
+        "ppending": [int(i) for i in state["pending"].get("predictions", {})],
+        "lpending": [int(i) for i in state["pending"].get("labels", {})],
+        "first": int(start.timestamp()) // bucket_seconds,
+        "end": -(-int(end.timestamp()) // bucket_seconds),
+    }
+    bucket = "floor(extract(epoch FROM p.predicted_at) / :bucket)::bigint"
+    recounted = {
+        tuple(row[:7]): (int(row[7]), float(row[8]))
+        for row in connection.execute(
+            sa.text(
+                f"""
+                SELECT {bucket}, p.model_name, p.model_version, p.segment, p.predicted_class, l.true_class,
+                       {_reason("p.predicted_class", "l.true_class")}, count(*),
+                       coalesce(sum(extract(epoch FROM l.labeled_at - p.predicted_at)), 0)
+                  FROM {predictions} p
+                  LEFT JOIN LATERAL (
+                        SELECT o.true_class, o.labeled_at FROM {labels} o
+                         WHERE o.prediction_id = p.id AND o.id <= :lwm AND o.id <> ALL(:lpending)
+                         ORDER BY o.id DESC LIMIT 1
+                  ) l ON true
+                 WHERE p.id <= :pwm AND p.id <> ALL(:ppending)
+                   AND p.predicted_at >= to_timestamp(:first * :bucket) AND p.predicted_at < to_timestamp(:end * :bucket)
+                 GROUP BY 1, 2, 3, 4, 5, 6, 7
+                """
+            ),
+            params,
+        )
+    }
+    stored = {
+        tuple(row[:7]): (int(row[7]), float(row[8]))
+        for row in connection.execute(
+            sa.text(
+                f"SELECT bucket, model, version, segment, predicted, actual, reason, n, delay_sum FROM {CELLS} "
+                "WHERE source = :source AND bucket >= :first AND bucket < :end AND n <> 0"
+            ),
+            params,
+        )
+    }
+    if write:
+        connection.execute(
+            sa.text(f"DELETE FROM {CELLS} WHERE source = :source AND bucket >= :first AND bucket < :end"),
+            params,
+        )
+        rows = [
+            {
+                "source": source.name,
+                "bucket": k[0],
+                "model": k[1],
+                "version": k[2],
+                "segment": k[3],
+                "predicted": k[4],
+                "actual": k[5],
+                "reason": k[6],
+                "n": n,
+                "delay_sum": d,
+            }
+            for k, (n, d) in recounted.items()
+        ]
+        if rows:
+            connection.execute(
+                sa.text(
+                    f"INSERT INTO {CELLS} ({KEY}, n, delay_sum) VALUES (:source, :bucket, :model, :version, "
+                    ":segment, :predicted, :actual, :reason, :n, :delay_sum)"
+                ),
+                rows,
+            )
+    return stored, recounted
+
+
+def _read_state(connection: Connection, source: str) -> dict[str, Any]:
+    row = connection.execute(
+        sa.text(f"SELECT prediction_watermark, label_watermark, pending FROM {STATE} WHERE source = :source"),
+        {"source": source},
+    ).one_or_none()
+    if row is None:
+        return {"predictions_wm": 0, "labels_wm": 0, "pending": {}}
+    pending = row.pending if isinstance(row.pending, dict) else json.loads(row.pending)
+    return {"predictions_wm": row.prediction_watermark, "labels_wm": row.label_watermark, "pending": pending}
