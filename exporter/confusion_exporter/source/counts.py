@@ -78,12 +78,21 @@ def count_query(
         else_=sa.null(),
     )
     bucket_seconds = int(bucket.total_seconds())
-    bucket_index = sa.case(
+    # One group per window, not per bucket: a row's group is its window's first bucket, so
+    # only window-level counts travel to Python (the windows are aligned to buckets).
+    window_bucket = sa.case(
         (is_future, sa.null()),
-        else_=sa.cast(
-            sa.func.floor(sa.extract("epoch", predicted_at) / sa.bindparam("bucket_seconds", bucket_seconds)),
-            sa.BigInteger,
+        *(
+            (
+                sa.and_(
+                    predicted_at >= sa.bindparam(f"{w.name}_start", w.start),
+                    predicted_at < sa.bindparam(f"{w.name}_end", w.end),
+                ),
+                sa.literal(int(w.start.timestamp()) // bucket_seconds, sa.BigInteger),
+            )
+            for w in windows
         ),
+        else_=sa.null(),
     )
     in_a_window = sa.or_(
         *(
@@ -98,7 +107,7 @@ def count_query(
     if monitor.model != "*":
         filters.append(table.c[cols.model] == sa.bindparam("model", monitor.model))
     grouped = [
-        bucket_index.label("bucket"),
+        window_bucket.label("bucket"),
         model.label("model"),
         text(cols.version).label("version"),
         text(cols.segment).label("segment"),

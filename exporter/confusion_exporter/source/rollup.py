@@ -260,27 +260,34 @@ def fetch_window_rows(
     query compares each row's own time; here the bucket holding ``now`` counts as present).
     """
     model_filter = "" if model == "*" else "AND model = :model"
+    # One group per window (its first bucket stands for it): only window-level sums travel.
+    spans = [
+        (int(w.start.timestamp()) // bucket_seconds, -(-int(w.end.timestamp()) // bucket_seconds))
+        for w in windows
+    ]
+    cases = " ".join(f"WHEN bucket >= :s{i} AND bucket < :e{i} THEN :s{i}" for i in range(len(spans)))
+    in_windows = " OR ".join(f"(bucket >= :s{i} AND bucket < :e{i})" for i in range(len(spans)))
     query = sa.text(
         f"""
-        SELECT CASE WHEN bucket * :bucket > :now_epoch THEN NULL ELSE bucket END AS bucket,
+        SELECT CASE WHEN bucket * :bucket > :now_epoch THEN NULL {cases} END AS bucket,
                model, version, segment, predicted, actual,
                CASE WHEN bucket * :bucket > :now_epoch THEN 'future_timestamp' ELSE reason END AS reason,
                sum(n) AS n, sum(delay_sum) AS delay_sum
           FROM {CELLS}
          WHERE source = :source {model_filter}
-           AND ((bucket >= :first_bucket AND bucket < :end_bucket) OR bucket * :bucket > :now_epoch)
+           AND ({in_windows} OR bucket * :bucket > :now_epoch)
          GROUP BY 1, 2, 3, 4, 5, 6, 7
         HAVING sum(n) <> 0
         """
     )
-    params = {
+    params: dict[str, Any] = {
         "source": source,
         "model": model,
         "bucket": bucket_seconds,
         "now_epoch": now.timestamp(),
-        "first_bucket": int(min(w.start for w in windows).timestamp()) // bucket_seconds,
-        "end_bucket": -(-int(max(w.end for w in windows).timestamp()) // bucket_seconds),
     }
+    for i, (first, end) in enumerate(spans):
+        params[f"s{i}"], params[f"e{i}"] = first, end
     frame = pd.DataFrame(connection.execute(query, params).fetchall(), columns=COUNT_COLUMNS)
     frame["n"] = frame["n"].astype("int64")
     frame["delay_sum"] = pd.to_numeric(frame["delay_sum"], errors="coerce").astype("float64")

@@ -1,0 +1,235 @@
+"""Refresh cost with the incremental rollup vs a full GROUP BY vs the seeds' pandas path.
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
+        .venv/bin/python benchmarks/rollup_benchmark.py --rows 1000000 10000000
+
+Creates a scratch database per size (dropped afterwards): 3 models, K = 10, predictions over
+8 days, 90% labeled; then, for a 1 h current window with a 24 h and with a 7 d reference,
+times (median of --repeat runs, warm cache):
+
+- fold: bringing the rollup up to date after 10k new labeled predictions, and after 10k late
+  labels for old predictions (the incremental work of one refresh);
+- read: summing the rollup's buckets for one model's windows;
+- full: one GROUP BY over the source for the same windows (the exporter without rollup);
+- naive: pandas.read_sql of the rows + sklearn.metrics.confusion_matrix (the seeds' code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pandas as pd
+import sqlalchemy as sa
+from sklearn.metrics import confusion_matrix
+
+from confusion_exporter import migrate
+from confusion_exporter.config import DatabaseUrl, config_from_mapping
+from confusion_exporter.source.counts import count_query, fetch_counts
+from confusion_exporter.source.rollup import fetch_window_rows, fold
+from confusion_exporter.windows import monitor_windows
+
+SOURCE = {
+    "name": "ref",
+    "table": "inference.labeled_predictions",
+    "columns": {
+        "model": "model_name",
+        "version": "model_version",
+        "predicted_at": "predicted_at",
+        "predicted": "predicted_class",
+        "actual": "true_class",
+        "labeled_at": "labeled_at",
+    },
+    "rollup": True,
+}
+
+
+def timed(action: Callable[[], object], repeat: int) -> float:
+    runs = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        action()
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs)
+
+
+def generate(engine: sa.Engine, rows: int, now: datetime) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("ALTER TABLE inference.labels DROP CONSTRAINT IF EXISTS labels_prediction_id_fkey")
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO inference.predictions (model_name, model_version, predicted_at, predicted_class) "
+                "SELECT 'model-' || (i % 3), 'v1', :now - random() * interval '8 days', floor(random() * 10)::text "
+                "FROM generate_series(1, :n) i"
+            ),
+            {"n": rows, "now": now},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO inference.labels (prediction_id, true_class, labeled_at) "
+                "SELECT id, CASE WHEN random() < 0.9 THEN predicted_class ELSE floor(random() * 10)::text END, "
+                "predicted_at + interval '10 minutes' FROM inference.predictions WHERE random() < 0.9 ORDER BY id"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "ALTER TABLE inference.labels ADD CONSTRAINT labels_prediction_id_fkey "
+                "FOREIGN KEY (prediction_id) REFERENCES inference.predictions (id) ON DELETE CASCADE"
+            )
+        )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE inference.predictions"))
+        conn.execute(sa.text("VACUUM ANALYZE inference.labels"))
+
+
+def add_new_labeled(engine: sa.Engine, now: datetime, n: int = 10_000) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "WITH p AS (INSERT INTO inference.predictions (model_name, model_version, predicted_at, predicted_class) "
+                "SELECT 'model-' || (i % 3), 'v1', :now - random() * interval '50 minutes', floor(random() * 10)::text "
+                "FROM generate_series(1, :n) i RETURNING id, predicted_class, predicted_at) "
+                "INSERT INTO inference.labels (prediction_id, true_class, labeled_at) "
+                "SELECT id, predicted_class, predicted_at + interval '1 minute' FROM p"
+            ),
+            {"n": n, "now": now},
+        )
+
+
+def add_late_labels(engine: sa.Engine, n: int = 10_000) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO inference.labels (prediction_id, true_class, labeled_at) "
+                "SELECT id, floor(random() * 10)::text, now() FROM inference.predictions "
+                "WHERE id IN (SELECT floor(random() * (SELECT max(id) FROM inference.predictions))::bigint + 1 "
+                "FROM generate_series(1, :n))"
+            ),
+            {"n": n},
+        )
+
+
+def naive(engine: sa.Engine, windows: tuple, model: str) -> None:  # type: ignore[type-arg]
+    for window in windows:
+        frame = pd.read_sql(
+            sa.text(
+                "SELECT true_class, predicted_class FROM inference.labeled_predictions WHERE model_name = :m "
+                "AND predicted_at >= :s AND predicted_at < :e AND true_class IS NOT NULL"
+            ),
+            engine,
+            params={"m": model, "s": window.start, "e": window.end},
+        )
+        confusion_matrix(frame["true_class"], frame["predicted_class"], labels=[str(i) for i in range(10)])
+
+
+def measure_reference(
+    engine: sa.Engine, rows: int, reference: str, now: datetime, bucket: int, repeat: int
+) -> list[str]:
+    """Time the incremental, full and naive paths for a 1 h window against one reference length."""
+    config = config_from_mapping(
+        {
+            "sources": [SOURCE],
+            "monitors": [
+                {
+                    "source": "ref",
+                    "model": "model-1",
+                    "window": "1h",
+                    "reference": {"kind": "trailing", "length": reference},
+                }
+            ],
+        },
+        env={},
+    )
+    source, monitor = config.sources[0], config.monitors[0]
+    windows = monitor_windows(now, monitor, config.exporter.bucket)
+    lines = []
+
+    def fold_once() -> None:
+        with engine.connect() as conn, conn.begin():
+            fold(conn, source, bucket)
+
+    def read() -> None:
+        with engine.connect() as conn:
+            fetch_window_rows(conn, "ref", "model-1", windows, now, bucket)
+
+    def full() -> None:
+        with engine.connect() as conn:
+            fetch_counts(conn, count_query(source, monitor, windows, now, config.exporter.bucket))
+
+    started = time.perf_counter()
+    fold_once()  # the whole history the first time, then only what changed
+    lines.append(f"| {rows:,} | fold before measuring | {time.perf_counter() - started:.1f} s | |")
+    fold_new, fold_late = [], []
+    for _ in range(repeat):
+        add_new_labeled(engine, now)
+        fold_new.append(timed(fold_once, 1))
+        add_late_labels(engine)
+        fold_late.append(timed(fold_once, 1))
+    new_s, late_s = statistics.median(fold_new), statistics.median(fold_late)
+    read_s = timed(read, repeat)
+    full_s = timed(full, repeat)
+    naive_s = timed(lambda: naive(engine, windows, "model-1"), max(1, repeat // 2))
+    refresh_s = new_s + read_s
+    for label, seconds, ratio in (
+        ("fold after 10k new labeled rows", new_s, ""),
+        ("fold after 10k late labels", late_s, ""),
+        ("read windows from the rollup", read_s, ""),
+        (
+            "refresh with rollup (fold new + read)",
+            refresh_s,
+            f"full/rollup {full_s / refresh_s:.1f}x, naive/rollup {naive_s / refresh_s:.0f}x",
+        ),
+        ("full GROUP BY", full_s, ""),
+        ("naive pandas + sklearn", naive_s, ""),
+    ):
+        lines.append(f"| {rows:,} | 1h + {reference}: {label} | {seconds * 1000:.1f} ms | {ratio} |")
+    return lines
+
+
+def bench(admin_url: str, rows: int, repeat: int) -> list[str]:
+    name = f"ce_bench_{secrets.token_hex(3)}"
+    server = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with server.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    lines = []
+    try:
+        migrate.upgrade(DatabaseUrl(url))
+        engine = sa.create_engine(url)
+        now = datetime.now(UTC)
+        started = time.perf_counter()
+        generate(engine, rows, now)
+        lines.append(f"| {rows:,} | generate | {time.perf_counter() - started:.1f} s | |")
+        bucket = 60
+        for reference in ("24h", "7d"):
+            lines += measure_reference(engine, rows, reference, now, bucket, repeat)
+        engine.dispose()
+    finally:
+        with server.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    admin_url = os.environ.get("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    admin_url = admin_url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    print("| rows | what | median | ratio |\n|---|---|---|---|")
+    for rows in args.rows:
+        for line in bench(admin_url, rows, args.repeat):
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
