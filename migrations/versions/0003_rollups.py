@@ -14,10 +14,13 @@ depends_on = None
 
 UPGRADE = [
     # Counts per (bucket of prediction time, slice, predicted class, true class or NULL for
-    # unlabeled, rejection reason or NULL). Window matrices are sums over buckets.
+    # unlabeled, rejection reason or NULL). Window matrices are sums over buckets. Tier 0 holds
+    # the configured bucket; tier 1 the same counts per hour, so a 7-day window sums 168 hourly
+    # buckets and only its edges from tier 0.
     """
     CREATE TABLE IF NOT EXISTS confusion_exporter.rollup_cells (
         source    text   NOT NULL,
+        tier      smallint NOT NULL DEFAULT 0,
         bucket    bigint NOT NULL,
         model     text,
         version   text,
@@ -34,7 +37,7 @@ UPGRADE = [
     """
     CREATE UNIQUE INDEX IF NOT EXISTS rollup_cells_key
         ON confusion_exporter.rollup_cells
-           (source, bucket, model, version, segment, predicted, actual, reason)
+           (source, tier, bucket, model, version, segment, predicted, actual, reason)
         NULLS NOT DISTINCT
     """,
     # What has been folded: ids up to the watermarks, except the pending gaps (ids below a

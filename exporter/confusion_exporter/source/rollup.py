@@ -39,7 +39,8 @@ from .counts import COUNT_COLUMNS
 
 STATE = "confusion_exporter.rollup_state"
 CELLS = "confusion_exporter.rollup_cells"
-KEY = "source, bucket, model, version, segment, predicted, actual, reason"
+KEY = "source, tier, bucket, model, version, segment, predicted, actual, reason"
+HOUR = 3600
 
 
 def _reason(predicted: str, actual: str) -> str:
@@ -70,7 +71,16 @@ class FoldResult:
     given_up: int
 
 
+def _tiers(bucket_seconds: int) -> list[tuple[int, str]]:
+    """(tier, bucket expression) to maintain: the configured bucket, and hours when they align."""
+    tiers = [(0, "floor(extract(epoch FROM p.predicted_at) / :bucket)::bigint")]
+    if HOUR % bucket_seconds == 0 and bucket_seconds < HOUR:
+        tiers.append((1, f"floor(extract(epoch FROM p.predicted_at) / {HOUR})::bigint"))
+    return tiers
+
+
 def _upsert(select_sql: str) -> str:
+    """Add rows (source, tier, bucket, slice, cell, n, delay) to the counts already stored."""
     return (
         f"INSERT INTO {CELLS} AS r ({KEY}, n, delay_sum) {select_sql} "
         f"ON CONFLICT ({KEY}) DO UPDATE SET n = r.n + EXCLUDED.n, delay_sum = r.delay_sum + EXCLUDED.delay_sum"
@@ -167,28 +177,43 @@ def _fold(connection: Connection, source: SourceConfig, bucket_seconds: int) -> 
         "ppending": pending_p,
         "lpending": pending_l,
     }
-    bucket = "floor(extract(epoch FROM p.predicted_at) / :bucket)::bigint"
-    new_predictions = f"FROM {predictions} p WHERE p.id > :pwm OR p.id = ANY(:ppending)"
+    tiers = _tiers(bucket_seconds)
+    # Two index range reads, not "id > :pwm OR id = ANY(...)", which would scan the table.
+    new_predictions = (
+        f"FROM (SELECT * FROM {predictions} WHERE id > :pwm UNION ALL "
+        f"SELECT * FROM {predictions} WHERE id = ANY(:ppending) AND id <= :pwm) p"
+    )
     folded_predictions = connection.execute(
         sa.text(f"SELECT count(*) {new_predictions}"), params
     ).scalar_one()
-    connection.execute(
-        sa.text(
-            _upsert(
-                f"SELECT :source, {bucket}, p.model_name, p.model_version, p.segment, p.predicted_class, "
-                f"NULL, {_reason('p.predicted_class', 'NULL')}, count(*), 0 {new_predictions} "
-                "GROUP BY 2, 3, 4, 5, 6, 8"
-            )
-        ),
-        params,
+    for tier, bucket in tiers:
+        connection.execute(
+            sa.text(
+                _upsert(
+                    f"SELECT :source, {tier}, {bucket}, p.model_name, p.model_version, p.segment, "
+                    f"p.predicted_class, NULL, {_reason('p.predicted_class', 'NULL')}, count(*), 0 "
+                    f"{new_predictions} GROUP BY 3, 4, 5, 6, 7, 9"
+                )
+            ),
+            params,
+        )
+    applied = ", ".join(
+        f"applied_{tier} AS ("
+        + _upsert(
+            f"SELECT :source, {tier}, {bucket}, p.model_name, p.model_version, p.segment, p.predicted_class, "
+            f"p.actual, {_reason('p.predicted_class', 'p.actual')}, sum(p.n), coalesce(sum(p.delay), 0) "
+            "FROM deltas p GROUP BY 3, 4, 5, 6, 7, 8, 9"
+        )
+        + " RETURNING 1)"
+        for tier, bucket in tiers
     )
     changed = connection.execute(
         sa.text(
             f"""
             WITH batch AS (
                 SELECT DISTINCT ON (l.prediction_id) l.prediction_id, l.id, l.true_class, l.labeled_at
-                  FROM {labels} l
-                 WHERE l.id > :lwm OR l.id = ANY(:lpending)
+                  FROM (SELECT * FROM {labels} WHERE id > :lwm UNION ALL
+                        SELECT * FROM {labels} WHERE id = ANY(:lpending) AND id <= :lwm) l
                  ORDER BY l.prediction_id, l.id DESC
             ), moved AS (
                 SELECT b.prediction_id, b.true_class AS new_class, b.labeled_at AS new_at,
@@ -208,21 +233,12 @@ def _fold(connection: Connection, source: SourceConfig, bucket_seconds: int) -> 
                 UNION ALL
                 SELECT p.*, m.new_class, 1, extract(epoch FROM m.new_at - p.predicted_at)
                   FROM moved m JOIN {predictions} p ON p.id = m.prediction_id
-            ), applied AS (
-                {
-                _upsert(
-                    f"SELECT :source, {bucket}, p.model_name, p.model_version, p.segment, p.predicted_class, "
-                    f"p.actual, {_reason('p.predicted_class', 'p.actual')}, sum(p.n), coalesce(sum(p.delay), 0) "
-                    "FROM deltas p GROUP BY 2, 3, 4, 5, 6, 7, 8"
-                )
-            }
-                RETURNING 1
-            )
-            SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM applied)
+            ), {applied}
+            SELECT count(*) FROM moved
             """
         ),
         params,
-    ).one()[0]
+    ).scalar_one()
     pwm, p_pending, p_given_up = _advance(
         connection, predictions, state["predictions_wm"], state["pending"].get("predictions", {}), snapshot
     )
@@ -260,34 +276,47 @@ def fetch_window_rows(
     query compares each row's own time; here the bucket holding ``now`` counts as present).
     """
     model_filter = "" if model == "*" else "AND model = :model"
-    # One group per window (its first bucket stands for it): only window-level sums travel.
-    spans = [
-        (int(w.start.timestamp()) // bucket_seconds, -(-int(w.end.timestamp()) // bucket_seconds))
-        for w in windows
-    ]
-    cases = " ".join(f"WHEN bucket >= :s{i} AND bucket < :e{i} THEN :s{i}" for i in range(len(spans)))
-    in_windows = " OR ".join(f"(bucket >= :s{i} AND bucket < :e{i})" for i in range(len(spans)))
-    query = sa.text(
-        f"""
-        SELECT CASE WHEN bucket * :bucket > :now_epoch THEN NULL {cases} END AS bucket,
-               model, version, segment, predicted, actual,
-               CASE WHEN bucket * :bucket > :now_epoch THEN 'future_timestamp' ELSE reason END AS reason,
-               sum(n) AS n, sum(delay_sum) AS delay_sum
-          FROM {CELLS}
-         WHERE source = :source {model_filter}
-           AND ({in_windows} OR bucket * :bucket > :now_epoch)
-         GROUP BY 1, 2, 3, 4, 5, 6, 7
-        HAVING sum(n) <> 0
-        """
-    )
+    per_hour = HOUR // bucket_seconds if len(_tiers(bucket_seconds)) > 1 else 0
     params: dict[str, Any] = {
         "source": source,
         "model": model,
         "bucket": bucket_seconds,
         "now_epoch": now.timestamp(),
     }
-    for i, (first, end) in enumerate(spans):
-        params[f"s{i}"], params[f"e{i}"] = first, end
+    parts = []
+    cells = "model, version, segment, predicted, actual, reason, n, delay_sum"
+    for i, window in enumerate(windows):
+        first = int(window.start.timestamp()) // bucket_seconds
+        end = -(-int(window.end.timestamp()) // bucket_seconds)
+        params[f"w{i}"] = first  # the window's first bucket stands for the whole window
+        spans = [(first, end)]
+        if per_hour:
+            hour_first, hour_end = -(-first // per_hour), end // per_hour
+            if hour_first < hour_end:  # whole hours from tier 1, the edges from tier 0
+                params[f"hf{i}"], params[f"he{i}"] = hour_first, hour_end
+                parts.append(
+                    f"SELECT :w{i} AS wbucket, {cells} FROM {CELLS} WHERE source = :source AND tier = 1 "
+                    f"AND bucket >= :hf{i} AND bucket < :he{i} {model_filter}"
+                )
+                spans = [(first, hour_first * per_hour), (hour_end * per_hour, end)]
+        for j, (a, b) in enumerate(spans):
+            if a >= b:
+                continue
+            params[f"a{i}_{j}"], params[f"b{i}_{j}"] = a, b
+            parts.append(
+                f"SELECT :w{i} AS wbucket, {cells} FROM {CELLS} WHERE source = :source AND tier = 0 "
+                f"AND bucket >= :a{i}_{j} AND bucket < :b{i}_{j} {model_filter}"
+            )
+    parts.append(
+        f"SELECT NULL AS wbucket, model, version, segment, predicted, actual, 'future_timestamp' AS reason, n, "
+        f"delay_sum FROM {CELLS} WHERE source = :source AND tier = 0 AND bucket * :bucket > :now_epoch {model_filter}"
+    )
+    union = " UNION ALL ".join(parts)
+    # One group per window: only window-level sums travel to Python.
+    query = sa.text(
+        f"SELECT wbucket, model, version, segment, predicted, actual, reason, sum(n), sum(delay_sum) "
+        f"FROM ({union}) c GROUP BY 1, 2, 3, 4, 5, 6, 7 HAVING sum(n) <> 0"
+    )
     frame = pd.DataFrame(connection.execute(query, params).fetchall(), columns=COUNT_COLUMNS)
     frame["n"] = frame["n"].astype("int64")
     frame["delay_sum"] = pd.to_numeric(frame["delay_sum"], errors="coerce").astype("float64")
@@ -372,14 +401,16 @@ def recount_range(
         for row in connection.execute(
             sa.text(
                 f"SELECT bucket, model, version, segment, predicted, actual, reason, n, delay_sum FROM {CELLS} "
-                "WHERE source = :source AND bucket >= :first AND bucket < :end AND n <> 0"
+                "WHERE source = :source AND tier = 0 AND bucket >= :first AND bucket < :end AND n <> 0"
             ),
             params,
         )
     }
     if write:
         connection.execute(
-            sa.text(f"DELETE FROM {CELLS} WHERE source = :source AND bucket >= :first AND bucket < :end"),
+            sa.text(
+                f"DELETE FROM {CELLS} WHERE source = :source AND tier = 0 AND bucket >= :first AND bucket < :end"
+            ),
             params,
         )
         rows = [
@@ -400,12 +431,64 @@ def recount_range(
         if rows:
             connection.execute(
                 sa.text(
-                    f"INSERT INTO {CELLS} ({KEY}, n, delay_sum) VALUES (:source, :bucket, :model, :version, "
+                    f"INSERT INTO {CELLS} ({KEY}, n, delay_sum) VALUES (:source, 0, :bucket, :model, :version, "
                     ":segment, :predicted, :actual, :reason, :n, :delay_sum)"
                 ),
                 rows,
             )
+    if len(_tiers(bucket_seconds)) > 1:
+        hours = _hours_from_base(connection, params, write)
+        # An hour that disagrees with its buckets counts as one differing cell.
+        stored[("hours",)] = (hours, 0.0)
+        recounted[("hours",)] = (0, 0.0)
     return stored, recounted
+
+
+def _hours_from_base(connection: Connection, params: dict[str, Any], write: bool) -> int:
+    """Compare (or, with ``write``, rebuild) tier 1 with the sums of tier 0 for the range's hours."""
+    per_hour = HOUR // params["bucket"]
+    hours = {
+        "source": params["source"],
+        "hf": params["first"] // per_hour,
+        "he": -(-params["end"] // per_hour),
+        "per_hour": per_hour,
+    }
+    from_base = (
+        f"SELECT source, 1 AS tier, bucket / :per_hour AS bucket, model, version, segment, predicted, actual, "
+        f"reason, sum(n) AS n, sum(delay_sum) AS delay_sum FROM {CELLS} WHERE source = :source AND tier = 0 "
+        "AND bucket >= :hf * :per_hour AND bucket < :he * :per_hour GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9"
+    )
+    stored_hours = (
+        f"SELECT source, tier, bucket, model, version, segment, predicted, actual, reason, n, delay_sum FROM {CELLS} "
+        "WHERE source = :source AND tier = 1 AND bucket >= :hf AND bucket < :he"
+    )
+    if write:
+        connection.execute(
+            sa.text(
+                f"DELETE FROM {CELLS} WHERE source = :source AND tier = 1 AND bucket >= :hf AND bucket < :he"
+            ),
+            hours,
+        )
+        connection.execute(sa.text(f"INSERT INTO {CELLS} ({KEY}, n, delay_sum) {from_base}"), hours)
+        return 0
+    differing = connection.execute(
+        sa.text(
+            f"SELECT count(*) FROM (SELECT source, tier, bucket, model, version, segment, predicted, actual, "
+            f"reason, n FROM ({from_base}) b WHERE n <> 0 "
+            f"EXCEPT SELECT source, tier, bucket, model, version, segment, predicted, actual, reason, n "
+            f"FROM ({stored_hours}) s WHERE n <> 0) d"
+        ),
+        hours,
+    ).scalar_one()
+    extra = connection.execute(
+        sa.text(
+            f"SELECT count(*) FROM (SELECT source, tier, bucket, model, version, segment, predicted, actual, "
+            f"reason, n FROM ({stored_hours}) s WHERE n <> 0 EXCEPT SELECT source, tier, bucket, model, version, "
+            f"segment, predicted, actual, reason, n FROM ({from_base}) b WHERE n <> 0) d"
+        ),
+        hours,
+    ).scalar_one()
+    return int(differing) + int(extra)
 
 
 def _read_state(connection: Connection, source: str) -> dict[str, Any]:
