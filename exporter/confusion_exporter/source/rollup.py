@@ -276,12 +276,13 @@ def fetch_window_rows(
     query compares each row's own time; here the bucket holding ``now`` counts as present).
     """
     model_filter = "" if model == "*" else "AND model = :model"
+    # Buckets after the one holding "now" are future; a plain range on bucket keeps the index.
     per_hour = HOUR // bucket_seconds if len(_tiers(bucket_seconds)) > 1 else 0
     params: dict[str, Any] = {
         "source": source,
         "model": model,
         "bucket": bucket_seconds,
-        "now_epoch": now.timestamp(),
+        "now_bucket": int(now.timestamp()) // bucket_seconds,
     }
     parts = []
     cells = "model, version, segment, predicted, actual, reason, n, delay_sum"
@@ -309,7 +310,7 @@ def fetch_window_rows(
             )
     parts.append(
         f"SELECT NULL AS wbucket, model, version, segment, predicted, actual, 'future_timestamp' AS reason, n, "
-        f"delay_sum FROM {CELLS} WHERE source = :source AND tier = 0 AND bucket * :bucket > :now_epoch {model_filter}"
+        f"delay_sum FROM {CELLS} WHERE source = :source AND tier = 0 AND bucket > :now_bucket {model_filter}"
     )
     union = " UNION ALL ".join(parts)
     # One group per window: only window-level sums travel to Python.
