@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Engine
@@ -40,10 +40,11 @@ class Published:
     snapshot: Snapshot | None
     snapshot_bytes: bytes
     health_bytes: bytes
+    metrics_bytes: bytes = field(init=False, repr=False)
 
-    @property
-    def metrics_bytes(self) -> bytes:
-        return self.snapshot_bytes + self.health_bytes
+    def __post_init__(self) -> None:
+        # Joined once here, not on every scrape: the exposition can be megabytes.
+        object.__setattr__(self, "metrics_bytes", self.snapshot_bytes + self.health_bytes)
 
 
 def backoff_delay(failures: int, initial: timedelta, maximum: timedelta, jitter: float = 0.1) -> float:
