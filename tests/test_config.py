@@ -203,3 +203,19 @@ def test_shipped_demo_config_is_valid(cli):
     result = run_cli(cli, "check-config", "--config", str(demo_config_path()))
     assert result.returncode == 0, result.stderr
     assert "digits" in result.stdout and "fraud-canary" in result.stdout
+
+
+def test_a_port_in_use_exits_2_naming_the_key(tmp_path, cli):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        path = write(tmp_path, f"exporter: {{listen_address: 127.0.0.1, port: {port}}}\n" + EXAMPLE)
+        result = run_cli(
+            cli, "run", "--config", str(path), env={"DATABASE_URL": "postgresql://u@127.0.0.1:1/d"}
+        )
+    assert result.returncode == 2, result.stderr
+    assert f"config error: exporter.port: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

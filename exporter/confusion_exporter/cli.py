@@ -219,7 +219,19 @@ def serve(config: Config, url: DatabaseUrl) -> int:
     settings = config.exporter
     logs.setup(os.environ.get("CONFUSION_EXPORTER_LOG_LEVEL", settings.log_level))
     refresher = Refresher(config, url)
-    server = make_server(settings.listen_address, settings.port, lambda: refresher.published, refresher.alive)
+    try:
+        server = make_server(
+            settings.listen_address, settings.port, lambda: refresher.published, refresher.alive
+        )
+    except OSError as error:
+        refresher.engine.dispose()
+        raise ConfigError(
+            [
+                f"exporter.port: cannot listen on {settings.listen_address}:{settings.port}: "
+                f"{error.strerror}; choose another port (exporter.port or CONFUSION_EXPORTER_PORT) "
+                "or stop what holds it"
+            ]
+        ) from None
     log.info(
         "starting",
         extra={

@@ -88,12 +88,21 @@ def _upsert(select_sql: str) -> str:
 
 
 def _state(connection: Connection, source: str, bucket_seconds: int) -> dict[str, Any]:
-    connection.execute(
-        sa.text(
-            f"INSERT INTO {STATE} (source, bucket_seconds) VALUES (:source, :bucket) ON CONFLICT (source) DO NOTHING"
-        ),
-        {"source": source, "bucket": bucket_seconds},
-    )
+    try:
+        connection.execute(
+            sa.text(
+                f"INSERT INTO {STATE} (source, bucket_seconds) VALUES (:source, :bucket) "
+                "ON CONFLICT (source) DO NOTHING"
+            ),
+            {"source": source, "bucket": bucket_seconds},
+        )
+    except sa.exc.ProgrammingError as error:
+        if "does not exist" in str(error.orig):
+            raise RuntimeError(
+                f"source {source!r} has rollup enabled but the rollup tables are missing; "
+                "run `confusion-exporter migrate` against this database"
+            ) from None
+        raise
     row = connection.execute(
         sa.text(
             f"SELECT bucket_seconds, prediction_watermark, label_watermark, pending FROM {STATE} "
