@@ -119,12 +119,21 @@ def clean_reference_schema(admin_engine: Engine) -> Iterator[Engine]:
     yield admin_engine
 
 
+def _debian_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: `make test` installs Debian's {package} package")
+    return path
+
+
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool not found: `make test` installs Debian's prometheus package")
-    return path
+    return _debian_tool("promtool", "prometheus")
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    return _debian_tool("prometheus", "prometheus")
 
 
 @pytest.fixture(scope="session")

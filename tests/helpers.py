@@ -28,6 +28,23 @@ COLUMNS = {
 }
 
 
+# The reference schema's view, mapped as a source (the simulator writes into it).
+REFERENCE_SOURCE = {
+    "name": "ref",
+    "table": "inference.labeled_predictions",
+    "columns": {
+        "model": "model_name",
+        "version": "model_version",
+        "predicted_at": "predicted_at",
+        "predicted": "predicted_class",
+        "actual": "true_class",
+        "labeled_at": "labeled_at",
+        "score": "score",
+        "segment": "segment",
+    },
+}
+
+
 @dataclass
 class Row:
     model: str | None

@@ -5,39 +5,24 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 import yaml
 
 from confusion_exporter.simulate import SimulationSettings, Simulator
 
+from .helpers import REFERENCE_SOURCE
 from .processes import ExporterProcess, PrometheusProcess, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIFTED = {"monitor": "digits", "model": "digits-rf", "version": "v1", "segment": "eu"}
-SOURCE = {
-    "name": "reference",
-    "table": "inference.labeled_predictions",
-    "columns": {
-        "model": "model_name",
-        "version": "model_version",
-        "predicted_at": "predicted_at",
-        "predicted": "predicted_class",
-        "actual": "true_class",
-        "labeled_at": "labeled_at",
-        "score": "score",
-        "segment": "segment",
-    },
-}
 
 
 def config() -> dict:  # type: ignore[type-arg]
     return {
         "exporter": {"refresh_interval": "2s", "bucket": "1m"},
-        "sources": [SOURCE],
+        "sources": [{**REFERENCE_SOURCE, "name": "reference"}],
         "monitors": [
             {
                 "source": "reference",
@@ -93,14 +78,6 @@ def alert_rules() -> dict[str, str]:
         for group in yaml.safe_load(path.read_text())["groups"]:
             rules.update({r["alert"]: r["expr"] for r in group["rules"] if "alert" in r})
     return rules
-
-
-@pytest.fixture(scope="module")
-def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        pytest.fail("prometheus not found: `make test` installs Debian's prometheus package")
-    return path
 
 
 def test_dashboards_and_alerts_against_live_prometheus(

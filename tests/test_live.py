@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -136,14 +135,6 @@ def assert_matrix(m: dict, expected: dict, classes: list[str]) -> None:  # type:
                     correct=str(i == j).lower(),
                 )
                 assert got == matrix[i, j], (window, t, p)
-
-
-@pytest.fixture(scope="module")
-def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        pytest.fail("prometheus not found: `make test` installs Debian's prometheus package")
-    return path
 
 
 def test_real_prometheus_scrapes_the_exact_matrix(

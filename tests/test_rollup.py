@@ -13,8 +13,7 @@ import sqlalchemy as sa
 from confusion_exporter.config import config_from_mapping
 from confusion_exporter.source.rollup import fold, reset
 
-from .helpers import NOW, snapshot_at
-from .test_simulate import REFERENCE_SOURCE
+from .helpers import NOW, REFERENCE_SOURCE, snapshot_at
 
 BUCKET = 60
 CLASSES = ["cat", "dog", "bird", None, "  "]  # NULL and blank classes are rejections, counted apart

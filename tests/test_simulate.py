@@ -11,22 +11,7 @@ from confusion_exporter.config import config_from_mapping
 from confusion_exporter.simulate import SimulationSettings, Simulator, default_profiles
 from confusion_exporter.windows import monitor_windows
 
-from .helpers import NOW, snapshot_at
-
-REFERENCE_SOURCE = {
-    "name": "ref",
-    "table": "inference.labeled_predictions",
-    "columns": {
-        "model": "model_name",
-        "version": "model_version",
-        "predicted_at": "predicted_at",
-        "predicted": "predicted_class",
-        "actual": "true_class",
-        "labeled_at": "labeled_at",
-        "score": "score",
-        "segment": "segment",
-    },
-}
+from .helpers import NOW, REFERENCE_SOURCE, snapshot_at
 
 
 def test_profiles_are_row_stochastic_and_the_fraud_shift_keeps_accuracy():
