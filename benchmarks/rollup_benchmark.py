@@ -31,22 +31,11 @@ from sklearn.metrics import confusion_matrix
 from confusion_exporter import migrate
 from confusion_exporter.config import DatabaseUrl, config_from_mapping
 from confusion_exporter.source.counts import count_query, fetch_counts
+from confusion_exporter.source.reference_schema import VIEW, VIEW_COLUMNS
 from confusion_exporter.source.rollup import fetch_window_rows, fold
 from confusion_exporter.windows import monitor_windows
 
-SOURCE = {
-    "name": "ref",
-    "table": "inference.labeled_predictions",
-    "columns": {
-        "model": "model_name",
-        "version": "model_version",
-        "predicted_at": "predicted_at",
-        "predicted": "predicted_class",
-        "actual": "true_class",
-        "labeled_at": "labeled_at",
-    },
-    "rollup": True,
-}
+SOURCE = {"name": "ref", "table": VIEW, "columns": VIEW_COLUMNS, "rollup": True}
 
 
 def timed(action: Callable[[], object], repeat: int) -> float:

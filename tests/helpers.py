@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from confusion_exporter.config import Config, DatabaseUrl, config_from_mapping
 from confusion_exporter.refresher import Refresher
 from confusion_exporter.snapshot import Snapshot
+from confusion_exporter.source.reference_schema import VIEW, VIEW_COLUMNS
 
 NOW = datetime(2026, 11, 23, 12, 34, 56, tzinfo=UTC)
 COLUMNS = {
@@ -29,20 +30,24 @@ COLUMNS = {
 
 
 # The reference schema's view, mapped as a source (the simulator writes into it).
-REFERENCE_SOURCE = {
-    "name": "ref",
-    "table": "inference.labeled_predictions",
-    "columns": {
-        "model": "model_name",
-        "version": "model_version",
-        "predicted_at": "predicted_at",
-        "predicted": "predicted_class",
-        "actual": "true_class",
-        "labeled_at": "labeled_at",
-        "score": "score",
-        "segment": "segment",
-    },
-}
+REFERENCE_SOURCE = {"name": "ref", "table": VIEW, "columns": VIEW_COLUMNS}
+
+
+def simulate_with_shift(engine: Engine, models: list[str], shifted: list[str], seed: int) -> datetime:
+    """2 h 40 min of traffic up to now, the error pattern of ``shifted`` changed 28 minutes ago."""
+    from confusion_exporter.simulate import SimulationSettings, Simulator
+
+    now = datetime.now(UTC)
+    settings = SimulationSettings(
+        models=models,
+        rate_per_second=3.0,
+        mean_label_delay=timedelta(seconds=20),
+        shift_at=now - timedelta(minutes=28),
+        shift_models=shifted,
+        seed=seed,
+    )
+    Simulator(engine, settings).backfill(now - timedelta(hours=2, minutes=40), now)
+    return now
 
 
 @dataclass

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
 
-from confusion_exporter.simulate import SimulationSettings, Simulator
-
-from .helpers import REFERENCE_SOURCE
+from .helpers import REFERENCE_SOURCE, simulate_with_shift
 from .processes import ExporterProcess, PrometheusProcess, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,19 +80,9 @@ def alert_rules() -> dict[str, str]:
 def test_dashboards_and_alerts_against_live_prometheus(
     cli, clean_reference_schema, exporter_url, tmp_path, prometheus_binary
 ):
-    now = datetime.now(UTC)
-    simulator = Simulator(
-        clean_reference_schema,
-        SimulationSettings(
-            models=["digits-rf", "intent-router", "fraud-gbm"],
-            rate_per_second=3.0,
-            mean_label_delay=timedelta(seconds=20),
-            shift_at=now - timedelta(minutes=28),
-            shift_models=["digits-rf"],
-            seed=17,
-        ),
+    simulate_with_shift(
+        clean_reference_schema, ["digits-rf", "intent-router", "fraud-gbm"], ["digits-rf"], seed=17
     )
-    simulator.backfill(now - timedelta(hours=2, minutes=40), now)
     exporter = ExporterProcess(cli, config(), exporter_url, tmp_path)
     # The project's rule file as it is, evaluated every 5 s instead of 30 s to keep the test short.
     source = (ROOT / "prometheus" / "rules" / "confusion-exporter.rules.yml").read_text()

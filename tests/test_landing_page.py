@@ -6,13 +6,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
 import pytest
 
-from confusion_exporter.simulate import SimulationSettings, Simulator
-
+from .helpers import simulate_with_shift
 from .processes import ExporterProcess, value
 from .test_grafana_live import config as stack_config
 
@@ -79,19 +77,7 @@ class PageReader(HTMLParser):
 def test_landing_page_in_chromium_matches_metrics_and_shows_the_shift(
     cli, clean_reference_schema, exporter_url, tmp_path, chromium
 ):
-    now = datetime.now(UTC)
-    simulator = Simulator(
-        clean_reference_schema,
-        SimulationSettings(
-            models=["digits-rf", "intent-router"],
-            rate_per_second=3.0,
-            mean_label_delay=timedelta(seconds=20),
-            shift_at=now - timedelta(minutes=28),
-            shift_models=["digits-rf"],
-            seed=23,
-        ),
-    )
-    simulator.backfill(now - timedelta(hours=2, minutes=40), now)
+    simulate_with_shift(clean_reference_schema, ["digits-rf", "intent-router"], ["digits-rf"], seed=23)
     settings = stack_config()
     settings["exporter"]["refresh_interval"] = "10m"  # one snapshot for the page and /metrics
     settings["monitors"] = settings["monitors"][:2]

@@ -8,6 +8,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+# The view joining each prediction to its latest label, and its column mapping as a source.
+VIEW = "inference.labeled_predictions"
+VIEW_COLUMNS = {
+    "model": "model_name",
+    "version": "model_version",
+    "predicted_at": "predicted_at",
+    "predicted": "predicted_class",
+    "actual": "true_class",
+    "labeled_at": "labeled_at",
+    "score": "score",
+    "segment": "segment",
+}
+
 metadata = sa.MetaData(schema="inference")
 
 predictions = sa.Table(
