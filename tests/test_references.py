@@ -107,22 +107,15 @@ def test_baseline_captured_once_then_compared(admin_engine, exporter_url, cli, t
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
-    capture = run_cli(
-        cli,
-        "baseline",
-        "capture",
-        "--config",
-        str(path),
-        "--monitor",
-        "pinned",
-        "--name",
-        "deploy-v1",
-        "--from",
-        deploy.isoformat(),
-        "--to",
-        (deploy + timedelta(hours=6)).isoformat(),
-        env={"DATABASE_URL": exporter_url},  # the exporter's role may write its own schema
-    )
+
+    def capture_baseline(monitor, name, start, end):  # type: ignore[no-untyped-def]
+        # The exporter's role may write its own schema.
+        args = ["--monitor", monitor, "--name", name, "--from", start.isoformat(), "--to", end.isoformat()]
+        return run_cli(
+            cli, "baseline", "capture", "--config", str(path), *args, env={"DATABASE_URL": exporter_url}
+        )
+
+    capture = capture_baseline("pinned", "deploy-v1", deploy, deploy + timedelta(hours=6))
     assert capture.returncode == 0, capture.stderr
     assert "1 slice(s)" in capture.stdout
 
@@ -135,39 +128,9 @@ def test_baseline_captured_once_then_compared(admin_engine, exporter_url, cli, t
     unpinned = snapshot.monitors["unpinned"].slices[0]
     assert {unpinned.shift.tests[t].state for t in TESTS} == {INSUFFICIENT_DATA}
 
-    misaligned = run_cli(
-        cli,
-        "baseline",
-        "capture",
-        "--config",
-        str(path),
-        "--monitor",
-        "pinned",
-        "--name",
-        "x",
-        "--from",
-        (deploy + timedelta(seconds=30)).isoformat(),
-        "--to",
-        (deploy + timedelta(hours=1)).isoformat(),
-        env={"DATABASE_URL": exporter_url},
-    )
+    misaligned = capture_baseline("pinned", "x", deploy + timedelta(seconds=30), deploy + timedelta(hours=1))
     assert misaligned.returncode == 2 and "--from:" in misaligned.stderr
-    unknown = run_cli(
-        cli,
-        "baseline",
-        "capture",
-        "--config",
-        str(path),
-        "--monitor",
-        "nope",
-        "--name",
-        "x",
-        "--from",
-        deploy.isoformat(),
-        "--to",
-        (deploy + timedelta(hours=1)).isoformat(),
-        env={"DATABASE_URL": exporter_url},
-    )
+    unknown = capture_baseline("nope", "x", deploy, deploy + timedelta(hours=1))
     assert unknown.returncode == 2 and "--monitor: unknown monitor 'nope'" in unknown.stderr
 
 

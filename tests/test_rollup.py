@@ -19,10 +19,10 @@ BUCKET = 60
 CLASSES = ["cat", "dog", "bird", None, "  "]  # NULL and blank classes are rejections, counted apart
 
 
-def rollup_config(**monitor):  # type: ignore[no-untyped-def]
+def rollup_config(rollup: bool = True, **monitor):  # type: ignore[no-untyped-def]
     return config_from_mapping(
         {
-            "sources": [{**REFERENCE_SOURCE, "rollup": True}],
+            "sources": [{**REFERENCE_SOURCE, "rollup": rollup}],
             "monitors": [
                 {
                     "source": "ref",
@@ -274,20 +274,7 @@ def test_monitors_read_the_same_matrices_from_the_rollup_as_from_a_full_query(
         reset(conn, "ref")
     incremental = snapshot_at(rollup_config(), exporter_url, now)
     full = snapshot_at(
-        config_from_mapping(
-            {
-                "sources": [REFERENCE_SOURCE],
-                "monitors": [
-                    {
-                        "source": "ref",
-                        "model": "*",
-                        "window": "1h",
-                        "reference": {"kind": "trailing", "length": "3h"},
-                    }
-                ],
-            },
-            env={},
-        ),
+        rollup_config(rollup=False),
         exporter_url,
         now,
     )
