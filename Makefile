@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools test lint format grafana demo clean
+.PHONY: help install tools test lint format grafana demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,11 @@ format: install ## apply ruff's formatting and autofixes
 
 grafana: install ## regenerate Grafana dashboards and alert rules from their sources
 	$(BIN)/python grafana/generate.py
+
+bench: install ## benchmarks that print figures (about 5 min; 10M rows: see docs/performance.md)
+	$(BIN)/python benchmarks/scrape_benchmark.py
+	$(BIN)/python benchmarks/live_rss.py
+	$(BIN)/python benchmarks/rollup_benchmark.py --rows 1000000 --repeat 3
 
 demo: install ## run the product without Docker: embedded Postgres, simulator, exporter on :9745
 	$(BIN)/confusion-exporter demo

@@ -235,3 +235,34 @@ def test_log_survival_is_continuous_where_scipy_gives_up(dof):
     # Beyond scipy's range, the value keeps decreasing smoothly instead of jumping to -inf.
     values = [chi2_log_sf(x, dof) for x in (1e4, 1e5, 1e6)]
     assert all(math.isfinite(v) for v in values) and values[0] > values[1] > values[2]
+
+
+def test_simulated_statistics_follow_patefields_conditional_null():
+    """The Monte Carlo null (numpy's multivariate hypergeometric row) has the same law as
+    scipy's Patefield sampler of tables with the observed margins."""
+    from confusion_exporter.stats.shift import _simulated_statistics
+
+    for reference, current in (
+        (np.array([30, 5, 0, 12, 3]), np.array([10, 9, 4, 2, 1])),
+        (np.array([900, 40, 7, 2]), np.array([95, 3, 1, 1])),
+    ):
+        table = contingency(reference, current)
+        ours = _simulated_statistics(table, 4000, np.random.default_rng(3))
+        rows = table.observed.sum(axis=1).astype(np.int64)
+        cols = table.observed.sum(axis=0).astype(np.int64)
+        draws = stats.random_table(rows, cols, seed=11).rvs(4000, method="patefield")
+        patefield = ((draws - table.expected) ** 2 / table.expected).sum(axis=(1, 2))
+        assert stats.ks_2samp(ours, patefield).pvalue > 0.001
+
+
+def test_the_exporter_does_not_import_scipy_stats():
+    """scipy.stats is 75 MB of resident memory; the run path needs only scipy.special."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, confusion_exporter.cli, confusion_exporter.refresher, confusion_exporter.web; "
+        "print('scipy.stats' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
