@@ -69,7 +69,7 @@ def synthetic_snapshot(slices: int, classes: int, seed: int = 0) -> Snapshot:
         "ml",
         "trailing",
         {},
-        {"alpha": 0.01, "min_effect": 0.05, "min_samples": 200},
+        {"alpha": 0.01, "min_effect": 0.05, "min_samples": 200, "max_cost_increase": 0.15},
         now,
         windows,
         tuple(results),

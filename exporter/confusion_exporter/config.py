@@ -6,6 +6,7 @@ the key (``monitors[0].window: ...``) and says how to fix it; the CLI exits 2.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -232,6 +233,42 @@ class MonitorConfig(_Strict):
 
     classes: list[str] | None = Field(None, min_length=1)
     max_classes: int | None = Field(None, ge=2, le=1000)
+    cost_matrix: dict[str, dict[str, float]] = Field(default_factory=dict)
+    max_cost_increase: float = Field(default=0.15, gt=0)
+    calibration_bins: int = Field(default=10, ge=2, le=100)
+    high_confidence: float = Field(default=0.9, gt=0, le=1)
+    positive_class: str | None = Field(None, min_length=1)
+    decision_thresholds: list[float] = Field(default_factory=list, max_length=20)
+
+    @field_validator("cost_matrix", mode="before")
+    @classmethod
+    def _cost_cells(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value  # pydantic names the type
+        for true_class, row in value.items():
+            if not isinstance(row, dict):
+                raise ValueError(
+                    f"row {true_class!r} must map predicted classes to costs, "
+                    f"e.g. {{{true_class}: {{other_class: 5}}}}; got {row!r}"
+                )
+            for predicted_class, cost in row.items():
+                number = _number(cost)
+                if number is None or number < 0:
+                    raise ValueError(
+                        f"cell [{true_class!r}][{predicted_class!r}] (true {true_class}, predicted "
+                        f"{predicted_class}) is {cost!r}; a cost must be a finite number >= 0"
+                    )
+        return value
+
+    @field_validator("decision_thresholds")
+    @classmethod
+    def _thresholds_are_probabilities(cls, value: list[float]) -> list[float]:
+        bad = [t for t in value if not 0 < t < 1]
+        if bad:
+            raise ValueError(f"thresholds must lie strictly between 0 and 1, got {bad}")
+        if len(set(value)) != len(value):
+            raise ValueError("thresholds must be distinct")
+        return sorted(value)
 
     @field_validator("classes")
     @classmethod
@@ -310,6 +347,7 @@ class Config(_Strict):
                     f"{where}.classes: {len(mon.classes)} classes exceed max_classes ({cap}); "
                     "raise max_classes or list fewer classes"
                 )
+            problems.extend(_score_checks(where, mon, self))
             previous = monitor_names.setdefault(mon.monitor_name, i)
             if previous != i:
                 problems.append(
@@ -322,6 +360,53 @@ class Config(_Strict):
 
     def source(self, name: str) -> SourceConfig:
         return next(s for s in self.sources if s.name == name)
+
+
+def _number(value: Any) -> float | None:
+    """A finite number, also from a string (``${VAR}`` interpolation yields strings); else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _score_checks(where: str, mon: MonitorConfig, config: Config) -> list[str]:
+    """Cost cells and decision thresholds against the monitor's classes and its source's columns."""
+    problems = []
+    if mon.classes is not None:
+        known = set(mon.classes)
+        for true_class, row in mon.cost_matrix.items():
+            for predicted_class in row:
+                for role, name in (("true", true_class), ("predicted", predicted_class)):
+                    if name not in known:
+                        problems.append(
+                            f"{where}.cost_matrix: cell [{true_class!r}][{predicted_class!r}] names "
+                            f"{role} class {name!r}, which is not in {where}.classes; fix the name or "
+                            "add the class"
+                        )
+    if mon.decision_thresholds or mon.positive_class is not None:
+        source = next((s for s in config.sources if s.name == mon.source), None)
+        if source is not None and source.columns.score is None:
+            problems.append(
+                f"{where}.decision_thresholds: source {mon.source!r} maps no score column; "
+                "set sources[].columns.score"
+            )
+        if mon.classes is None or len(mon.classes) != 2:
+            problems.append(
+                f"{where}.classes: decision thresholds need a two-class monitor; list its two classes, "
+                "e.g. classes: [legit, fraud]"
+            )
+        elif mon.positive_class not in mon.classes:
+            problems.append(
+                f"{where}.positive_class: must be one of {where}.classes ({', '.join(mon.classes)}); "
+                "it is the class whose probability the thresholds apply to"
+            )
+        if not mon.decision_thresholds:
+            problems.append(f"{where}.decision_thresholds: list at least one, e.g. [0.3, 0.5, 0.7]")
+    return problems
 
 
 class _CrossCheckError(ValueError):

@@ -13,7 +13,10 @@ from .snapshot import MonitorResult, SliceResult, WindowResult
 from .source.baselines import read_baseline
 from .source.counts import count_query, fetch_counts
 from .source.rollup import fetch_window_rows
+from .source.scores import fetch_confidence, fetch_threshold_matrices
+from .stats.calibration import summarize
 from .stats.classification import classification_metrics
+from .stats.cost import cost_matrix, mean_cost, relative_increase
 from .stats.shift import ShiftParameters, ShiftReport, missing_reference_report, shift_report
 from .windows import CURRENT, REFERENCE, monitor_windows
 
@@ -45,20 +48,40 @@ def evaluate_monitor(
         for key, counts in slices.items():
             if key in baseline:
                 counts[REFERENCE], counts[CURRENT] = align(baseline[key], counts[CURRENT])
+    confidence, threshold_matrices = {}, {}
+    if source.columns.score is not None:
+        confidence = fetch_confidence(connection, source, monitor, windows, now, settings.bucket)
+        if monitor.decision_thresholds:
+            threshold_matrices = fetch_threshold_matrices(connection, source, monitor, windows, now, settings.bucket)
     params = monitor.shift_parameters()
-    results = tuple(
-        SliceResult(
-            key=key,
-            windows={
-                name: WindowResult(counts, classification_metrics(counts.matrix))
-                for name, counts in by_window.items()
-            },
-            shift=_shift(key, by_window, slices, monitor, params),
+    results = []
+    for key, by_window in sorted(slices.items(), key=lambda kv: (kv[0].model, kv[0].version, kv[0].segment)):
+        window_results = {}
+        for name, window_counts in by_window.items():
+            scores = confidence.get((key, name))
+            window_results[name] = WindowResult(
+                window_counts,
+                classification_metrics(window_counts.matrix),
+                cost=mean_cost(window_counts.matrix, cost_matrix(window_counts.classes, monitor.cost_matrix)),
+                confidence=summarize(scores) if scores is not None else None,
+                thresholds=threshold_matrices.get((key, name), ()),
+            )
+        compared = _reference_counts(key, by_window, slices, monitor)
+        difference, increase = float("nan"), float("nan")
+        if compared is not None:
+            ref, cur = align(compared, by_window[CURRENT])
+            costs = cost_matrix(cur.classes, monitor.cost_matrix)
+            ref_cost, cur_cost = mean_cost(ref.matrix, costs), mean_cost(cur.matrix, costs)
+            difference, increase = cur_cost - ref_cost, relative_increase(cur_cost, ref_cost)
+        results.append(
+            SliceResult(
+                key=key,
+                windows=window_results,
+                shift=_shift(key, by_window, slices, monitor, params),
+                cost_difference=difference,
+                cost_increase=increase,
+            )
         )
-        for key, by_window in sorted(
-            slices.items(), key=lambda kv: (kv[0].model, kv[0].version, kv[0].segment)
-        )
-    )
     classes = sorted({c for r in results for w in r.windows.values() for c in w.counts.classes})
     return MonitorResult(
         name=monitor.monitor_name,
@@ -71,10 +94,11 @@ def evaluate_monitor(
             "alpha": monitor.alpha,
             "min_effect": monitor.min_effect,
             "min_samples": monitor.min_samples,
+            "max_cost_increase": monitor.max_cost_increase,
         },
         evaluated_at=now,
         windows=windows,
-        slices=results,
+        slices=tuple(results),
     )
 
 
@@ -86,15 +110,25 @@ def _shift(
     params: ShiftParameters,
 ) -> ShiftReport | None:
     """Compare the slice's current window with its reference, wherever that comes from."""
-    current = by_window[CURRENT]
-    if isinstance(monitor.reference, VersionReference):
-        if key.version == monitor.reference.version:
-            return None  # the reference version is not compared with itself
-        other = slices.get(SliceKey(key.model, monitor.reference.version, key.segment))
-        reference = other[CURRENT] if other else None
-    else:
-        reference = by_window.get(REFERENCE)
+    if isinstance(monitor.reference, VersionReference) and key.version == monitor.reference.version:
+        return None  # the reference version is not compared with itself
+    reference = _reference_counts(key, by_window, slices, monitor)
     if reference is None:
         return missing_reference_report()  # exported as insufficient_data, never as "fine"
-    ref, cur = align(reference, current)
+    ref, cur = align(reference, by_window[CURRENT])
     return shift_report(ref.matrix, cur.matrix, ref.unlabeled, cur.unlabeled, cur.classes, params)
+
+
+def _reference_counts(
+    key: SliceKey,
+    by_window: Mapping[str, WindowCounts],
+    slices: Mapping[SliceKey, Mapping[str, WindowCounts]],
+    monitor: MonitorConfig,
+) -> WindowCounts | None:
+    """The slice's reference: its reference window, or the reference version's current window."""
+    if isinstance(monitor.reference, VersionReference):
+        if key.version == monitor.reference.version:
+            return None
+        other = slices.get(SliceKey(key.model, monitor.reference.version, key.segment))
+        return other[CURRENT] if other else None
+    return by_window.get(REFERENCE)

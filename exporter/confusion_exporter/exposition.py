@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .matrices import WindowCounts
-from .snapshot import MonitorResult, SliceResult, Snapshot
+from .snapshot import MonitorResult, SliceResult, Snapshot, WindowResult
 from .source.counts import REJECT_REASONS
 from .stats.classification import ClassificationMetrics
 from .stats.shift import STATES, ShiftReport
@@ -70,6 +70,9 @@ class SnapshotCollector(Collector):
                 base = _slice_values(monitor, result)
                 for name, window in result.windows.items():
                     g.add_window([*base, name], window.counts, window.metrics)
+                    g.add_window_extras([*base, name], window)
+                g.cost_difference.add_metric(base, result.cost_difference)
+                g.cost_increase.add_metric(base, result.cost_increase)
                 if result.shift is not None:
                     g.add_shift(base, result.shift)
         yield from g.all()
@@ -184,7 +187,65 @@ class _Families:
                 "Labeled predictions each window needs before the monitor's tests decide.",
                 labels=["monitor"],
             ),
+            "max_cost_increase": gauge(
+                "confusion_error_cost_max_increase_ratio",
+                "Configured relative increase of the mean error cost that alerts (max_cost_increase).",
+                labels=["monitor"],
+            ),
         }
+        self.cost = gauge(
+            "confusion_error_cost_per_prediction",
+            "Mean cost of errors per labeled prediction, from the monitor's cost_matrix (default: 1 per "
+            "error, so the error rate)." + CACHED,
+            labels=w,
+        )
+        self.cost_difference = gauge(
+            "confusion_error_cost_difference",
+            "Mean error cost per labeled prediction, current minus reference." + CACHED,
+            labels=SLICE_LABELS,
+        )
+        self.cost_increase = gauge(
+            "confusion_error_cost_increase_ratio",
+            "Relative change of the mean error cost, (current - reference) / reference (NaN: no reference "
+            "cost)." + CACHED,
+            labels=SLICE_LABELS,
+        )
+        self.scored = gauge(
+            "confusion_scored_predictions",
+            "Labeled predictions with a score in [0, 1], the base of the confidence metrics." + CACHED,
+            labels=w,
+        )
+        self.invalid_scores = gauge(
+            "confusion_invalid_scores",
+            "Labeled predictions whose score is outside [0, 1] or NaN, left out of confidence metrics." + CACHED,
+            labels=w,
+        )
+        self.calibration_error = gauge(
+            "confusion_calibration_error",
+            "Expected calibration error: sum over score bins of (bin share) x |accuracy - mean score|." + CACHED,
+            labels=w,
+        )
+        self.mean_confidence = gauge(
+            "confusion_mean_confidence",
+            "Mean score of the predicted class, over correct or incorrect labeled predictions." + CACHED,
+            labels=[*w, "outcome"],
+        )
+        self.high_confidence_errors = gauge(
+            "confusion_high_confidence_errors",
+            "Incorrect predictions made with a score at or above high_confidence." + CACHED,
+            labels=w,
+        )
+        self.high_confidence_error_ratio = gauge(
+            "confusion_high_confidence_error_ratio",
+            "Share of incorrect predictions made with a score at or above high_confidence." + CACHED,
+            labels=w,
+        )
+        self.threshold_matrix = gauge(
+            "confusion_threshold_matrix_predictions",
+            "Labeled predictions per cell of a two-class matrix had the positive class been predicted at "
+            "probability >= threshold." + CACHED,
+            labels=[*w, "threshold", "true_class", "predicted_class"],
+        )
         self.label_delay = gauge(
             "confusion_mean_label_delay_seconds",
             "Mean time from prediction to label over the window's labeled predictions "
@@ -297,6 +358,25 @@ class _Families:
             self.rejected.add_metric([*values, reason], counts.rejected.get(reason, 0))
         self.folded.add_metric(values, counts.folded)
         self.label_delay.add_metric(values, counts.mean_label_delay_seconds)
+
+    def add_window_extras(self, values: list[str], window: WindowResult) -> None:
+        """Cost, confidence and decision-threshold figures of one slice in one window."""
+        self.cost.add_metric(values, window.cost)
+        confidence = window.confidence
+        if confidence is not None:
+            self.scored.add_metric(values, confidence.scored)
+            self.invalid_scores.add_metric(values, confidence.invalid)
+            self.calibration_error.add_metric(values, confidence.calibration_error)
+            self.mean_confidence.add_metric([*values, "correct"], confidence.mean_confidence_correct)
+            self.mean_confidence.add_metric([*values, "incorrect"], confidence.mean_confidence_incorrect)
+            self.high_confidence_errors.add_metric(values, confidence.high_confidence_errors)
+            self.high_confidence_error_ratio.add_metric(values, confidence.high_confidence_error_share)
+        for at in window.thresholds:
+            for i, true_class in enumerate(at.classes):
+                for j, predicted_class in enumerate(at.classes):
+                    self.threshold_matrix.add_metric(
+                        [*values, format(at.threshold, "g"), true_class, predicted_class], int(at.matrix[i, j])
+                    )
 
     def add_shift(self, values: list[str], report: ShiftReport) -> None:
         for name, test in report.tests.items():

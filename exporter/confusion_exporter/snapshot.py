@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .matrices import SliceKey, WindowCounts
+from .stats.calibration import ConfidenceSummary
 from .stats.classification import ClassificationMetrics
 from .stats.shift import ShiftReport
+from .stats.thresholds import ThresholdMatrix
 from .windows import Window
 
 
@@ -18,6 +20,9 @@ class WindowResult:
 
     counts: WindowCounts
     metrics: ClassificationMetrics
+    cost: float = float("nan")  # mean cost of errors per labeled prediction (cost_matrix)
+    confidence: ConfidenceSummary | None = None  # where the source maps a score
+    thresholds: tuple[ThresholdMatrix, ...] = ()  # two-class monitors with decision thresholds
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,8 @@ class SliceResult:
     key: SliceKey
     windows: Mapping[str, WindowResult]
     shift: ShiftReport | None = None  # None where the slice has no reference to compare with
+    cost_difference: float = float("nan")  # current minus reference mean cost
+    cost_increase: float = float("nan")  # relative: difference / reference cost
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ class MonitorResult:
     team: str
     reference: str
     recall_objectives: Mapping[str, float]
-    thresholds: Mapping[str, float]  # alpha, min_effect, min_samples
+    thresholds: Mapping[str, float]  # alpha, min_effect, min_samples, max_cost_increase
     evaluated_at: datetime
     windows: tuple[Window, ...]
     slices: tuple[SliceResult, ...]

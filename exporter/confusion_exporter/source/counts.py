@@ -49,6 +49,33 @@ def _blank(expr: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
     return sa.or_(expr.is_(None), sa.func.btrim(expr) == "")
 
 
+def window_columns(
+    predicted_at: sa.ColumnElement[Any],
+    windows: Sequence[Window],
+    bucket: timedelta,
+    is_future: sa.ColumnElement[bool],
+) -> tuple[sa.ColumnElement[Any], sa.ColumnElement[bool]]:
+    """(the first bucket of the row's window, or NULL; whether the row is in any window).
+
+    One group per window, not per bucket: a row's group is its window's first bucket, so
+    only window-level counts travel to Python (the windows are aligned to buckets).
+    """
+    bucket_seconds = int(bucket.total_seconds())
+
+    def inside(w: Window) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            predicted_at >= sa.bindparam(f"{w.name}_start", w.start),
+            predicted_at < sa.bindparam(f"{w.name}_end", w.end),
+        )
+
+    window_bucket = sa.case(
+        (is_future, sa.null()),
+        *((inside(w), sa.literal(int(w.start.timestamp()) // bucket_seconds, sa.BigInteger)) for w in windows),
+        else_=sa.null(),
+    )
+    return window_bucket, sa.or_(*(inside(w) for w in windows))
+
+
 def count_query(
     source: SourceConfig,
     monitor: MonitorConfig,
@@ -77,32 +104,7 @@ def count_query(
         (sa.and_(actual.is_not(None), sa.func.btrim(actual) == ""), EMPTY_TRUE_CLASS),
         else_=sa.null(),
     )
-    bucket_seconds = int(bucket.total_seconds())
-    # One group per window, not per bucket: a row's group is its window's first bucket, so
-    # only window-level counts travel to Python (the windows are aligned to buckets).
-    window_bucket = sa.case(
-        (is_future, sa.null()),
-        *(
-            (
-                sa.and_(
-                    predicted_at >= sa.bindparam(f"{w.name}_start", w.start),
-                    predicted_at < sa.bindparam(f"{w.name}_end", w.end),
-                ),
-                sa.literal(int(w.start.timestamp()) // bucket_seconds, sa.BigInteger),
-            )
-            for w in windows
-        ),
-        else_=sa.null(),
-    )
-    in_a_window = sa.or_(
-        *(
-            sa.and_(
-                predicted_at >= sa.bindparam(f"{w.name}_start", w.start),
-                predicted_at < sa.bindparam(f"{w.name}_end", w.end),
-            )
-            for w in windows
-        )
-    )
+    window_bucket, in_a_window = window_columns(predicted_at, windows, bucket, is_future)
     filters: list[sa.ColumnElement[bool]] = [sa.or_(in_a_window, is_future)]
     if monitor.model != "*":
         filters.append(table.c[cols.model] == sa.bindparam("model", monitor.model))
