@@ -105,6 +105,41 @@ MISTAKES = [
         ["sources[0].table: expected 'table' or 'schema.table'"],
         id="three-part-table",
     ),
+    pytest.param(
+        EXAMPLE.replace("min_effect: 0.05", "min_effect: 0.05\n    cost_matrix: {'8': {'1': 2, '3': -1}}"),
+        ["monitors[0].cost_matrix: cell ['8']['3'] (true 8, predicted 3) is -1; a cost must be a finite number"],
+        id="negative-cost-cell",
+    ),
+    pytest.param(
+        EXAMPLE.replace("min_effect: 0.05", "min_effect: 0.05\n    cost_matrix: {fraud: {legit: lots}}"),
+        ["monitors[0].cost_matrix: cell ['fraud']['legit'] (true fraud, predicted legit) is 'lots'"],
+        id="non-numeric-cost-cell",
+    ),
+    pytest.param(
+        EXAMPLE.replace("min_effect: 0.05", "min_effect: 0.05\n    cost_matrix: {fraud: 50}"),
+        ["monitors[0].cost_matrix: row 'fraud' must map predicted classes to costs"],
+        id="cost-row-not-a-mapping",
+    ),
+    pytest.param(
+        EXAMPLE.replace(
+            "min_effect: 0.05", "min_effect: 0.05\n    classes: [legit, fraud]\n    cost_matrix: {fraud: {legti: 5}}"
+        ),
+        ["monitors[0].cost_matrix: cell ['fraud']['legti'] names predicted class 'legti'"],
+        id="cost-cell-unknown-class",
+    ),
+    pytest.param(
+        EXAMPLE.replace("min_effect: 0.05", "min_effect: 0.05\n    decision_thresholds: [0.3, 0.5]"),
+        ["monitors[0].classes: decision thresholds need a two-class monitor"],
+        id="thresholds-without-two-classes",
+    ),
+    pytest.param(
+        EXAMPLE.replace(
+            "min_effect: 0.05",
+            "min_effect: 0.05\n    classes: [legit, fraud]\n    positive_class: frud\n    decision_thresholds: [0.5]",
+        ),
+        ["monitors[0].positive_class: must be one of monitors[0].classes (legit, fraud)"],
+        id="positive-class-not-a-class",
+    ),
 ]
 
 
