@@ -107,7 +107,9 @@ MISTAKES = [
     ),
     pytest.param(
         EXAMPLE.replace("min_effect: 0.05", "min_effect: 0.05\n    cost_matrix: {'8': {'1': 2, '3': -1}}"),
-        ["monitors[0].cost_matrix: cell ['8']['3'] (true 8, predicted 3) is -1; a cost must be a finite number"],
+        [
+            "monitors[0].cost_matrix: cell ['8']['3'] (true 8, predicted 3) is -1; a cost must be a finite number"
+        ],
         id="negative-cost-cell",
     ),
     pytest.param(
@@ -122,7 +124,8 @@ MISTAKES = [
     ),
     pytest.param(
         EXAMPLE.replace(
-            "min_effect: 0.05", "min_effect: 0.05\n    classes: [legit, fraud]\n    cost_matrix: {fraud: {legti: 5}}"
+            "min_effect: 0.05",
+            "min_effect: 0.05\n    classes: [legit, fraud]\n    cost_matrix: {fraud: {legti: 5}}",
         ),
         ["monitors[0].cost_matrix: cell ['fraud']['legti'] names predicted class 'legti'"],
         id="cost-cell-unknown-class",

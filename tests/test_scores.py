@@ -57,7 +57,8 @@ def direct_confidence(rows: list[Row], bins: int, high: float) -> dict[str, floa
         by_bin[min(math.floor(r.score * bins), bins - 1)].append(r)  # type: ignore[operator]
     total = len(scored)
     ece = sum(
-        len(members) / total
+        len(members)
+        / total
         * abs(np.mean([r.predicted == r.actual for r in members]) - np.mean([r.score for r in members]))
         for members in by_bin.values()
     )
@@ -80,7 +81,9 @@ def test_confidence_and_cost_equal_direct_computation(admin_engine, exporter_url
     table = create_scored_events(admin_engine)
     rows = random_rows(rng, classes, 1500)
     insert_rows(admin_engine, table, rows)
-    costs = {c: {d: round(float(rng.uniform(0, 20)), 2) for d in classes if rng.random() < 0.6} for c in classes}
+    costs = {
+        c: {d: round(float(rng.uniform(0, 20)), 2) for d in classes if rng.random() < 0.6} for c in classes
+    }
     bins, high = int(rng.choice([5, 10, 15])), float(rng.choice([0.8, 0.9]))
     config = make_config(
         table,
@@ -103,7 +106,9 @@ def test_confidence_and_cost_equal_direct_computation(admin_engine, exporter_url
             assert got.high_confidence_error_share == pytest.approx(expected["high_share"])
             assert sum(b.n for b in got.reliability) == expected["scored"]
             # The mean cost over every labeled row (scored or not), by direct lookup.
-            direct = np.mean([costs.get(r.actual, {}).get(r.predicted, float(r.actual != r.predicted)) for r in members])  # type: ignore[arg-type]
+            direct = np.mean(
+                [costs.get(r.actual, {}).get(r.predicted, float(r.actual != r.predicted)) for r in members]
+            )  # type: ignore[arg-type]
             assert window.cost == pytest.approx(direct), name
             checked += 1
         cur, ref = result.windows["current"], result.windows["reference"]
@@ -159,11 +164,14 @@ def test_cost_matrix_defaults_and_mean_cost_on_random_matrices():
         }
         spec["not-a-class"] = {"c0": 99.0}  # ignored: not in this matrix's classes
         cost = cost_matrix(classes, spec)
-        direct = sum(
-            matrix[i, j] * spec.get(classes[i], {}).get(classes[j], 0.0 if i == j else 1.0)
-            for i in range(k)
-            for j in range(k)
-        ) / matrix.sum()
+        direct = (
+            sum(
+                matrix[i, j] * spec.get(classes[i], {}).get(classes[j], 0.0 if i == j else 1.0)
+                for i in range(k)
+                for j in range(k)
+            )
+            / matrix.sum()
+        )
         assert mean_cost(matrix, cost) == pytest.approx(direct)
     # With no matrix, the mean cost is the error rate.
     matrix = np.array([[80, 20], [5, 95]])

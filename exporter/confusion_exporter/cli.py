@@ -23,7 +23,7 @@ from .config import (
     resolve_database_url,
 )
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_WAIT = 0, 1, 2, 3
 CONFIG_ENV = "CONFUSION_EXPORTER_CONFIG"
 EXPORTER_PASSWORD_ENV = "CONFUSION_EXPORTER_ROLE_PASSWORD"
 
@@ -149,6 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="compare with a recount, change nothing; exit 1 if they differ"
     )
 
+    gate = sub.add_parser(
+        "gate",
+        help="deployment gate: canary vs stable version on the same window; exit 0 pass, 1 fail, 3 wait",
+    )
+    _config_arg(gate)
+    gate.add_argument("--monitor", required=True, help="monitor name (as in /metrics)")
+    gate.add_argument("--reference", required=True, help="the stable version, as version:NAME")
+    gate.add_argument("--current", required=True, help="the canary version, as version:NAME")
+    gate.add_argument("--min-samples", type=int, default=None, help="labeled predictions each version needs")
+    gate.add_argument(
+        "--window", type=_duration, default=None, help="span to compare (default: the monitor's)"
+    )
+    gate.add_argument("--at", type=_timestamp, default=None, help="judge as of this instant (ISO 8601)")
+    gate.add_argument("--format", choices=["text", "json"], default="text")
+
     demo = sub.add_parser("demo", help="no Docker: embedded Postgres + simulator + exporter on :9745")
     demo.add_argument("--data-dir", default=".demo/pgdata", help="embedded PostgreSQL data directory")
     demo.add_argument("--history", type=_duration, default=timedelta(hours=3), help="traffic to backfill")
@@ -199,6 +214,38 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             print(f"monitor {name}: {error}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from .gate import parse_version_selector, run_gate
+    from .source.database import reader_engine
+
+    config = _load(args)
+    stable = parse_version_selector("--reference", args.reference)
+    canary = parse_version_selector("--current", args.current)
+    if args.min_samples is not None and args.min_samples < 1:
+        raise ConfigError(["--min-samples: must be at least 1"])
+    url = resolve_database_url(config)
+    settings = config.exporter
+    engine = reader_engine(
+        url, statement_timeout=settings.statement_timeout, connect_timeout=settings.connect_timeout
+    )
+    try:
+        with engine.connect() as connection:
+            report = run_gate(
+                connection,
+                config,
+                args.monitor,
+                stable,
+                canary,
+                args.at or _now(),
+                args.window,
+                args.min_samples,
+            )
+    finally:
+        engine.dispose()
+    sys.stdout.write(report.to_json() if args.format == "json" else report.to_text())
+    return report.exit_code
 
 
 def _now() -> datetime:
@@ -404,6 +451,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "baseline": cmd_baseline,
     "rebuild": cmd_rebuild,
+    "gate": cmd_gate,
 }
 
 

@@ -22,14 +22,18 @@ from .windows import CURRENT, REFERENCE, monitor_windows
 
 
 def evaluate_monitor(
-    connection: Connection, config: Config, monitor: MonitorConfig, now: datetime
+    connection: Connection, config: Config, monitor: MonitorConfig, now: datetime, use_rollup: bool = True
 ) -> MonitorResult:
-    """Count ``monitor``'s windows as of ``now`` in the database and compute metrics and shift tests."""
+    """Count ``monitor``'s windows as of ``now`` in the database and compute metrics and shift tests.
+
+    ``use_rollup=False`` counts from the source table even where a rollup exists: one-off
+    commands (gate, report) want the rows as they are now, not as of the last fold.
+    """
     settings = config.exporter
     windows = monitor_windows(now, monitor, settings.bucket)
     source = config.source(monitor.source)
     bucket_seconds = int(settings.bucket.total_seconds())
-    if source.rollup is not None:
+    if source.rollup is not None and use_rollup:
         rows = fetch_window_rows(connection, source.name, monitor.model, windows, now, bucket_seconds)
     else:
         query = count_query(source, monitor, windows, now, settings.bucket, settings.future_tolerance)
@@ -52,7 +56,9 @@ def evaluate_monitor(
     if source.columns.score is not None:
         confidence = fetch_confidence(connection, source, monitor, windows, now, settings.bucket)
         if monitor.decision_thresholds:
-            threshold_matrices = fetch_threshold_matrices(connection, source, monitor, windows, now, settings.bucket)
+            threshold_matrices = fetch_threshold_matrices(
+                connection, source, monitor, windows, now, settings.bucket
+            )
     params = monitor.shift_parameters()
     results = []
     for key, by_window in sorted(slices.items(), key=lambda kv: (kv[0].model, kv[0].version, kv[0].segment)):

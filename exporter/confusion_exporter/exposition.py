@@ -217,12 +217,14 @@ class _Families:
         )
         self.invalid_scores = gauge(
             "confusion_invalid_scores",
-            "Labeled predictions whose score is outside [0, 1] or NaN, left out of confidence metrics." + CACHED,
+            "Labeled predictions whose score is outside [0, 1] or NaN, left out of confidence metrics."
+            + CACHED,
             labels=w,
         )
         self.calibration_error = gauge(
             "confusion_calibration_error",
-            "Expected calibration error: sum over score bins of (bin share) x |accuracy - mean score|." + CACHED,
+            "Expected calibration error: sum over score bins of (bin share) x |accuracy - mean score|."
+            + CACHED,
             labels=w,
         )
         self.mean_confidence = gauge(
@@ -375,7 +377,8 @@ class _Families:
             for i, true_class in enumerate(at.classes):
                 for j, predicted_class in enumerate(at.classes):
                     self.threshold_matrix.add_metric(
-                        [*values, format(at.threshold, "g"), true_class, predicted_class], int(at.matrix[i, j])
+                        [*values, format(at.threshold, "g"), true_class, predicted_class],
+                        int(at.matrix[i, j]),
                     )
 
     def add_shift(self, values: list[str], report: ShiftReport) -> None:

@@ -70,7 +70,10 @@ def window_columns(
 
     window_bucket = sa.case(
         (is_future, sa.null()),
-        *((inside(w), sa.literal(int(w.start.timestamp()) // bucket_seconds, sa.BigInteger)) for w in windows),
+        *(
+            (inside(w), sa.literal(int(w.start.timestamp()) // bucket_seconds, sa.BigInteger))
+            for w in windows
+        ),
         else_=sa.null(),
     )
     return window_bucket, sa.or_(*(inside(w) for w in windows))

@@ -137,16 +137,29 @@ def fetch_confidence(
     """Confidence aggregates per (slice, window) with scored, labeled predictions."""
     bins = monitor.calibration_bins
     parts: dict[WindowKey, dict[str, Any]] = {}
-    rows: list[Sequence[Any]] = list(connection.execute(confidence_query(source, monitor, windows, now, bucket)))
+    rows: list[Sequence[Any]] = list(
+        connection.execute(confidence_query(source, monitor, windows, now, bucket))
+    )
     for row in rows:
         key = _keys(row, windows, bucket)
         if key is None:
             continue
         part = parts.setdefault(
             key,
-            {"n": np.zeros((2, bins), np.int64), "sum": np.zeros((2, bins)), "high": np.zeros(2, np.int64), "bad": 0},
+            {
+                "n": np.zeros((2, bins), np.int64),
+                "sum": np.zeros((2, bins)),
+                "high": np.zeros(2, np.int64),
+                "bad": 0,
+            },
         )
-        correct, score_bin, n, score_sum, high = int(row[4]), int(row[5]), int(row[6]), float(row[7]), int(row[8])
+        correct, score_bin, n, score_sum, high = (
+            int(row[4]),
+            int(row[5]),
+            int(row[6]),
+            float(row[7]),
+            int(row[8]),
+        )
         if score_bin < 0:
             part["bad"] += n
             continue
@@ -172,7 +185,9 @@ def fetch_threshold_matrices(
     negative = next(c for c in monitor.classes if c != monitor.positive_class)
     scored: dict[WindowKey, dict[str, int]] = {}
     reaching: dict[WindowKey, dict[str, dict[float, int]]] = {}
-    rows: list[Sequence[Any]] = list(connection.execute(threshold_query(source, monitor, windows, now, bucket)))
+    rows: list[Sequence[Any]] = list(
+        connection.execute(threshold_query(source, monitor, windows, now, bucket))
+    )
     for row in rows:
         key = _keys(row, windows, bucket)
         if key is None:
@@ -183,5 +198,6 @@ def fetch_threshold_matrices(
             t: int(k) for t, k in zip(monitor.decision_thresholds, row[6:], strict=True)
         }
     return {
-        key: threshold_matrices(negative, monitor.positive_class, scored[key], reaching[key]) for key in scored
+        key: threshold_matrices(negative, monitor.positive_class, scored[key], reaching[key])
+        for key in scored
     }

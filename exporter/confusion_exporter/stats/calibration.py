@@ -92,7 +92,9 @@ def summarize(counts: ConfidenceCounts) -> ConfidenceSummary:
     return ConfidenceSummary(
         scored=total,
         calibration_error=ece,
-        mean_confidence_correct=_ratio(float(counts.score_sum[CORRECT].sum()), float(counts.n[CORRECT].sum())),
+        mean_confidence_correct=_ratio(
+            float(counts.score_sum[CORRECT].sum()), float(counts.n[CORRECT].sum())
+        ),
         mean_confidence_incorrect=_ratio(float(counts.score_sum[INCORRECT].sum()), float(errors)),
         high_confidence_errors=int(counts.high[INCORRECT]),
         high_confidence_error_share=_ratio(float(counts.high[INCORRECT]), float(errors)),
