@@ -19,8 +19,8 @@ from sqlalchemy.engine import Connection
 from .config import Config, ConfigError, MonitorConfig, VersionReference
 from .evaluate import evaluate_monitor
 from .matrices import NULL
-from .source.counts import ALL
 from .snapshot import SliceResult
+from .source.counts import ALL
 from .stats.shift import ERROR_PATTERN, SHIFT
 from .windows import CURRENT
 
