@@ -164,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--at", type=_timestamp, default=None, help="judge as of this instant (ISO 8601)")
     gate.add_argument("--format", choices=["text", "json"], default="text")
 
+    report = sub.add_parser("report", help="error-analysis report of one monitor (text, html or json)")
+    _config_arg(report)
+    report.add_argument("--monitor", required=True, help="monitor name (as in /metrics)")
+    report.add_argument("--from", dest="start", type=_timestamp, default=None, help="span start (ISO 8601)")
+    report.add_argument("--to", dest="end", type=_timestamp, default=None, help="span end (default: now)")
+    report.add_argument(
+        "--reference",
+        default=None,
+        help="trailing:24h, offset:7d, version:NAME or baseline:NAME (default: the monitor's)",
+    )
+    report.add_argument("--format", choices=["text", "html", "json"], default="text")
+    report.add_argument("--output", default=None, help="write here instead of standard output")
+
     demo = sub.add_parser("demo", help="no Docker: embedded Postgres + simulator + exporter on :9745")
     demo.add_argument("--data-dir", default=".demo/pgdata", help="embedded PostgreSQL data directory")
     demo.add_argument("--history", type=_duration, default=timedelta(hours=3), help="traffic to backfill")
@@ -246,6 +259,37 @@ def cmd_gate(args: argparse.Namespace) -> int:
         engine.dispose()
     sys.stdout.write(report.to_json() if args.format == "json" else report.to_text())
     return report.exit_code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .config import parse_reference
+    from .evaluate import evaluate_monitor
+    from .report import build_report, plan_report, reference_version, to_json, to_text
+    from .report_html import to_html
+    from .source.database import reader_engine
+
+    config = _load(args)
+    reference = parse_reference("--reference", args.reference) if args.reference else None
+    monitor, at = plan_report(config, args.monitor, args.start, args.end, reference, _now())
+    url = resolve_database_url(config)
+    settings = config.exporter
+    engine = reader_engine(
+        url, statement_timeout=settings.statement_timeout, connect_timeout=settings.connect_timeout
+    )
+    try:
+        with engine.connect() as connection:
+            result = evaluate_monitor(connection, config, monitor, at, use_rollup=False)
+    finally:
+        engine.dispose()
+    report = build_report(result, reference_version(monitor))
+    render = {"text": to_text, "json": to_json, "html": to_html}[args.format]
+    body = render(report)
+    if args.output:
+        Path(args.output).write_text(body, encoding="utf-8")
+        print(f"report of {monitor.monitor_name} written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(body)
+    return EXIT_OK
 
 
 def _now() -> datetime:
@@ -452,6 +496,7 @@ COMMANDS = {
     "baseline": cmd_baseline,
     "rebuild": cmd_rebuild,
     "gate": cmd_gate,
+    "report": cmd_report,
 }
 
 

@@ -361,6 +361,36 @@ class Config(_Strict):
     def source(self, name: str) -> SourceConfig:
         return next(s for s in self.sources if s.name == name)
 
+    def monitor(self, name: str, flag: str = "--monitor") -> MonitorConfig:
+        """The monitor called ``name`` (as in /metrics), or a ConfigError listing the names."""
+        found = next((m for m in self.monitors if m.monitor_name == name), None)
+        if found is None:
+            known = ", ".join(m.monitor_name for m in self.monitors)
+            raise ConfigError([f"{flag}: no monitor named {name!r}; configured monitors: {known}"])
+        return found
+
+
+def parse_reference(
+    flag: str, value: str
+) -> TrailingReference | OffsetReference | VersionReference | BaselineReference:
+    """A reference given on the command line: trailing:24h, offset:7d, version:v1 or baseline:NAME."""
+    kind, _, argument = value.partition(":")
+    hint = "use trailing:DURATION, offset:DURATION, version:NAME or baseline:NAME"
+    if not argument:
+        raise ConfigError([f"{flag}: expected KIND:VALUE, got {value!r}; {hint}"])
+    try:
+        if kind == "trailing":
+            return TrailingReference(kind="trailing", length=parse_duration(argument))
+        if kind == "offset":
+            return OffsetReference(kind="offset", offset=parse_duration(argument))
+        if kind == "version":
+            return VersionReference(kind="version", version=argument)
+        if kind == "baseline":
+            return BaselineReference(kind="baseline", name=argument)
+    except (ValueError, ValidationError) as exc:
+        raise ConfigError([f"{flag}: {exc}"]) from None
+    raise ConfigError([f"{flag}: unknown reference kind {kind!r}; {hint}"])
+
 
 def _number(value: Any) -> float | None:
     """A finite number, also from a string (``${VAR}`` interpolation yields strings); else None."""

@@ -94,10 +94,7 @@ def parse_version_selector(flag: str, value: str) -> str:
 
 def gate_monitor(config: Config, name: str, stable: str, window: timedelta | None) -> MonitorConfig:
     """The monitor as configured, compared against the stable version over ``window``."""
-    monitor = next((m for m in config.monitors if m.monitor_name == name), None)
-    if monitor is None:
-        known = ", ".join(m.monitor_name for m in config.monitors)
-        raise ConfigError([f"--monitor: no monitor named {name!r}; configured monitors: {known}"])
+    monitor = config.monitor(name)
     if monitor.model == "*":
         raise ConfigError([f"--monitor: {name!r} watches every model ('*'); gate a monitor of one model"])
     update: dict[str, object] = {"reference": VersionReference(kind="version", version=stable)}
