@@ -192,6 +192,61 @@ def build() -> dash.Dashboard:
         query(f"confusion_mean_label_delay_seconds{{{SLICE}}}", legend="{{window}}"),
         span=8,
     )
+    cost = timeseries_panel(
+        "Cost of errors per labeled prediction",
+        "Mean cost of the window's errors (the monitor's cost_matrix; without one every error costs 1, so "
+        "this is the error rate). The alert compares current against reference with max_cost_increase.",
+        "none",
+        query(f"confusion_error_cost_per_prediction{{{SLICE}}}", legend="{{window}}"),
+        span=8,
+    )
+    calibration = timeseries_panel(
+        "Expected calibration error",
+        "Per window: the score-bin-weighted gap between accuracy and mean confidence (0: the scores are "
+        "honest probabilities). Needs a score column.",
+        "none",
+        query(f"confusion_calibration_error{{{SLICE}}}", legend="{{window}}"),
+        span=8,
+    )
+    confidence = (
+        timeseries_panel(
+            "Mean confidence when right and when wrong",
+            "Current window. The two lines drifting together means the model no longer knows when it is wrong.",
+            "percentunit",
+            query(f'confusion_mean_confidence{{{SLICE}, window="current"}}', legend="{{outcome}}"),
+            query(
+                f'confusion_high_confidence_error_ratio{{{SLICE}, window="current"}}',
+                legend="share of errors made with high confidence",
+                ref="B",
+            ),
+            span=8,
+        )
+        .min(0)
+        .max(1)
+    )
+    at_thresholds = (
+        table_panel(
+            "Decision thresholds: the current window's matrix at other thresholds",
+            "Two-class monitors with decision_thresholds: labeled predictions per cell had the positive class "
+            "been predicted whenever its probability reached the threshold (probability: the score where the "
+            "model predicted the positive class, 1 - score otherwise).",
+            "none",
+            query(
+                f'confusion_threshold_matrix_predictions{{{SLICE}, window="current"}}',
+                instant=True,
+                table_format=True,
+            ),
+            height=8,
+            span=24,
+        )
+        .with_transformation(hide_fields(*HIDDEN, "monitor", "model", "version", "segment", "window"))
+        .with_transformation(
+            transform(
+                "sortBy",
+                {"sort": [{"field": "threshold"}, {"field": "true_class"}, {"field": "predicted_class"}]},
+            )
+        )
+    )
     return (
         dashboard(
             UID,
@@ -265,6 +320,11 @@ def build() -> dash.Dashboard:
         .with_panel(per_class[0])
         .with_panel(per_class[1])
         .with_panel(per_class[2])
+        .with_row(dash.Row("Cost, confidence and decision thresholds"))
+        .with_panel(cost)
+        .with_panel(calibration)
+        .with_panel(confidence)
+        .with_panel(at_thresholds)
         .with_row(dash.Row("Labels"))
         .with_panel(confused)
         .with_panel(coverage)
