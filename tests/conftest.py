@@ -146,3 +146,11 @@ def cli() -> list[str]:
 def run_cli(cli: list[str], *args: str, env: dict[str, str] | None = None, timeout: float = 120):
     merged = {**os.environ, **(env or {})}
     return subprocess.run([*cli, *args], capture_output=True, text=True, env=merged, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("chromium not found: `make test` installs Debian's chromium package")
+    return path

@@ -3,47 +3,17 @@ metrics, and an injected shift shows as a shift."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
+import json
+import urllib.error
+import urllib.request
 from html.parser import HTMLParser
 
 import pytest
 
+from .browser import ReportReader, render_in_browser
 from .helpers import simulate_with_shift
 from .processes import ExporterProcess, value
 from .test_grafana_live import config as stack_config
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.fail("chromium not found: `make test` installs Debian's chromium package")
-    return path
-
-
-def render_in_browser(chromium: str, url: str) -> str:
-    with tempfile.TemporaryDirectory() as profile:
-        result = subprocess.run(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
 
 class PageReader(HTMLParser):
@@ -88,10 +58,35 @@ def test_landing_page_in_chromium_matches_metrics_and_shows_the_shift(
         metrics = wait_until(
             lambda: (m := exporter.metrics()) and any(n == "confusion_matrix_predictions" for n, _ in m) and m
         )
+        dom = render_in_browser(chromium, exporter.url("/"))
         page = PageReader()
-        page.feed(render_in_browser(chromium, exporter.url("/")))
+        page.feed(dom)
+        # The landing page links each monitor's error-analysis report, built from the same snapshot.
+        assert 'href="/report?monitor=digits"' in dom
+        with urllib.request.urlopen(
+            exporter.url("/report?monitor=digits&format=json"), timeout=10
+        ) as response:
+            report = json.loads(response.read())
+        report_page = ReportReader()
+        report_page.feed(render_in_browser(chromium, exporter.url("/report?monitor=digits")))
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(exporter.url("/report?monitor=nope"), timeout=10)
+        assert missing.value.code == 404
     finally:
         exporter.stop()
+
+    from_json = {
+        (entry["version"], entry["segment"], window, t, p): entry["matrices"][window][i][j]
+        for entry in report["slices"]
+        for window in ("current", "reference")
+        for i, t in enumerate(entry["matrices"]["classes"])
+        for j, p in enumerate(entry["matrices"]["classes"])
+    }
+    assert len(from_json) > 200 and report_page.cells == from_json
+    # ... and equal the landing page's cells (which equal /metrics, below)
+    assert all(page.cells[("digits", "digits-rf", *key)] == n for key, n in from_json.items())
+    eu = next(e for e in report["slices"] if e["segment"] == "eu")
+    assert {t["test"]: t["state"] for t in eu["shift"]["tests"]}["error_pattern"] == "shift"
 
     assert len(page.cells) > 400  # 2 models x 2 segments x 2 windows x K^2 cells
     for (monitor, model, version, segment, window, true_class, predicted_class), count in page.cells.items():

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 import yaml
 from sklearn.metrics import classification_report, confusion_matrix
 
+from .browser import ReportReader, render_in_browser
 from .conftest import run_cli
 from .helpers import COLUMNS, NOW, Row, create_scored_events, insert_rows
-from .test_landing_page import chromium, render_in_browser  # noqa: F401  (fixture)
 from .test_scores import direct_confidence
 
 CLASSES = ["a", "b", 'c "<q>&']  # a class name that must be escaped in HTML
@@ -164,31 +163,6 @@ def test_report_text_says_what_moved_in_words(cli, exporter_url, report_setup):
     assert cell["current_share"] > 2 * cell["reference_share"]
 
 
-class ReportReader(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.version: str | None = None
-        self.window: str | None = None
-        self.cell: tuple[str, str] | None = None
-        self.cells: dict[tuple[str, str, str, str], int] = {}
-        self.svgs = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag == "section":
-            self.version = a.get("data-version")
-        elif tag == "td" and "data-true" in a:
-            self.window = a["data-window"]
-            self.cell = (a["data-true"], a["data-predicted"])  # type: ignore[assignment]
-        elif tag == "svg":
-            self.svgs += 1
-
-    def handle_data(self, data: str) -> None:
-        if self.cell and self.version and self.window:
-            self.cells[(self.version, self.window, *self.cell)] = int(data)
-            self.cell = None
-
-
 def test_html_report_is_self_contained_and_its_cells_equal_the_json(
     cli,
     exporter_url,
@@ -207,7 +181,7 @@ def test_html_report_is_self_contained_and_its_cells_equal_the_json(
     reader = ReportReader()
     reader.feed(render_in_browser(chromium, out.as_uri()))
     expected = {
-        (entry["version"], window, t, p): entry["matrices"][window][i][j]
+        (entry["version"], entry["segment"], window, t, p): entry["matrices"][window][i][j]
         for entry in report["slices"]
         for window in ("current", "reference")
         for i, t in enumerate(entry["matrices"]["classes"])

@@ -264,7 +264,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .config import parse_reference
     from .evaluate import evaluate_monitor
-    from .report import build_report, plan_report, reference_version, to_json, to_text
+    from .report import build_report, plan_report, to_json, to_text
     from .report_html import to_html
     from .source.database import reader_engine
 
@@ -281,7 +281,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             result = evaluate_monitor(connection, config, monitor, at, use_rollup=False)
     finally:
         engine.dispose()
-    report = build_report(result, reference_version(monitor))
+    report = build_report(result)
     render = {"text": to_text, "json": to_json, "html": to_html}[args.format]
     body = render(report)
     if args.output:

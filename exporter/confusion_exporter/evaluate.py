@@ -105,6 +105,9 @@ def evaluate_monitor(
         evaluated_at=now,
         windows=windows,
         slices=tuple(results),
+        reference_version=monitor.reference.version
+        if isinstance(monitor.reference, VersionReference)
+        else None,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config, ConfigError, MonitorConfig, Reference, VersionReference
+from .config import Config, ConfigError, MonitorConfig, Reference
 from .matrices import NULL, WindowCounts, align
 from .snapshot import MonitorResult, SliceResult, WindowResult
 from .source.counts import ALL
@@ -59,10 +59,6 @@ def plan_report(
         raise ConfigError(["--from: must be before --to"])
     update.update(window=end_at - start_at, label_delay=timedelta(0))
     return monitor.model_copy(update=update), end_at - ONE_TICK
-
-
-def reference_version(monitor: MonitorConfig) -> str | None:
-    return monitor.reference.version if isinstance(monitor.reference, VersionReference) else None
 
 
 CONFUSED_PAIRS = 10
@@ -280,8 +276,10 @@ def _slice(
     }
 
 
-def build_report(monitor: MonitorResult, reference_version: str | None = None) -> dict[str, Any]:
-    """The report of every slice of ``monitor``; ``reference_version`` for version references."""
+def build_report(monitor: MonitorResult) -> dict[str, Any]:
+    """The report of every slice of ``monitor`` (a version reference's own slices are the
+    reference, not reported on)."""
+    reference_version = monitor.reference_version
     alpha = float(monitor.thresholds["alpha"])
     by_key = {(s.key.model, s.key.version, s.key.segment): s for s in monitor.slices}
     slices = []

@@ -50,6 +50,7 @@ class MonitorResult:
     evaluated_at: datetime
     windows: tuple[Window, ...]
     slices: tuple[SliceResult, ...]
+    reference_version: str | None = None  # the compared-with version of a version reference
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""HTTP: ``/`` (landing page), ``/metrics`` and ``/healthz``; serves the published snapshot only."""
+"""HTTP: ``/`` (landing page), ``/report``, ``/metrics``, ``/healthz``; serves the published snapshot only."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote, urlsplit
 
 from . import __version__
 from .exposition import CONTENT_TYPE, render_process
@@ -110,7 +111,11 @@ def landing_page(snapshot: Snapshot | None) -> bytes:
     else:
         parts.append(f"<p>Snapshot of {snapshot.taken_at:%Y-%m-%d %H:%M:%S} UTC.</p>")
         for monitor in snapshot.monitors.values():
-            parts.append(f"<h2>{html.escape(monitor.name)}</h2>")
+            link = f"/report?monitor={quote(monitor.name)}"
+            parts.append(
+                f'<h2>{html.escape(monitor.name)} <small><a class=report href="{html.escape(link)}">'
+                "error analysis report</a></small></h2>"
+            )
             if not monitor.slices:
                 parts.append("<p>No predictions in the windows.</p>")
             for result in monitor.slices:
@@ -130,6 +135,33 @@ def landing_page(snapshot: Snapshot | None) -> bytes:
                 parts.append("</div></section>")
     parts.append("</body></html>")
     return "".join(parts).encode("utf-8")
+
+
+class _ReportCache:
+    """The error-analysis report of each monitor, built from the published snapshot (no
+    database), once per snapshot and format."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: int | None = None
+        self._pages: dict[tuple[str, str], bytes] = {}
+
+    def get(self, published: Published, monitor: str, fmt: str) -> bytes | None:
+        from .report import build_report, to_json
+        from .report_html import to_html
+
+        snapshot = published.snapshot
+        if snapshot is None or monitor not in snapshot.monitors:
+            return None
+        with self._lock:
+            if id(snapshot) != self._key:
+                self._pages, self._key = {}, id(snapshot)
+            page = self._pages.get((monitor, fmt))
+            if page is None:
+                report = build_report(snapshot.monitors[monitor])
+                page = (to_json(report) if fmt == "json" else to_html(report)).encode("utf-8")
+                self._pages[(monitor, fmt)] = page
+            return page
 
 
 class _LandingCache:
@@ -156,12 +188,14 @@ def make_server(
 ) -> ThreadingHTTPServer:
     """Build the HTTP server; ``published`` returns what to serve right now."""
     landing = _LandingCache()
+    reports = _ReportCache()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"confusion-exporter/{__version__}"
 
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            path = self.path.split("?", 1)[0]
+            url = urlsplit(self.path)
+            path = url.path
             if path == "/metrics":
                 self._send(200, CONTENT_TYPE, published().metrics_bytes + render_process())
             elif path == "/healthz":
@@ -178,6 +212,18 @@ def make_server(
                 self._send(200 if ok else 503, "application/json", json.dumps(body).encode())
             elif path == "/":
                 self._send(200, "text/html; charset=utf-8", landing.get(published()))
+            elif path == "/report":
+                query = parse_qs(url.query)
+                monitor = query.get("monitor", [""])[0]
+                fmt = query.get("format", ["html"])[0]
+                page = reports.get(published(), monitor, fmt) if fmt in ("html", "json") else None
+                if page is None:
+                    self._send(
+                        404, "text/plain; charset=utf-8", b"no such monitor in the snapshot (or format)\n"
+                    )
+                else:
+                    kind = "application/json" if fmt == "json" else "text/html; charset=utf-8"
+                    self._send(200, kind, page)
             else:
                 self._send(404, "text/plain; charset=utf-8", b"not found\n")
 
