@@ -274,6 +274,18 @@ def build() -> dash.Dashboard:
                 'label_values(confusion_accuracy{monitor="$monitor", model="$model", version="$version"}, segment)',
             )
         )
+        .with_variable(
+            dash.TextBoxVariable("exporter_url")
+            .label("Exporter URL (report link)")
+            .default_value("http://localhost:9745")
+        )
+        .link(
+            dash.DashboardLink("Error analysis report (in words)")
+            .type("link")
+            .url("${exporter_url}/report?monitor=${monitor}")
+            .target_blank(True)
+            .tooltip("The exporter's report of this monitor: what moved, per-class diagnosis, confidence")
+        )
         .with_row(dash.Row("Shift: did the pattern of errors change, and where?"))
         .with_panel(tests)
         .with_panel(cells)
