@@ -177,3 +177,36 @@ def test_cost_matrix_defaults_and_mean_cost_on_random_matrices():
     matrix = np.array([[80, 20], [5, 95]])
     assert mean_cost(matrix, cost_matrix(["a", "b"], {})) == pytest.approx(25 / 200)
     assert math.isnan(mean_cost(np.zeros((2, 2), np.int64), cost_matrix(["a", "b"], {})))
+
+
+def test_score_aggregates_are_recomputed_every_score_refresh_interval(admin_engine, exporter_url):
+    """Counts follow every refresh; the confidence figures (a scan of the windows' rows, which
+    the rollup cannot answer) are reused until score_refresh_interval has passed."""
+    from confusion_exporter.config import DatabaseUrl
+    from confusion_exporter.refresher import Refresher
+
+    table = create_scored_events(admin_engine)
+    early = [Row("m", "v1", NOW - timedelta(minutes=30 - i % 20), "a", "a", score=0.95) for i in range(300)]
+    insert_rows(admin_engine, table, early)
+    config = make_config(table, model="m", exporter={"score_refresh_interval": "5m"})
+    clock = {"now": NOW}
+    refresher = Refresher(config, DatabaseUrl(exporter_url), clock=lambda: clock["now"])
+
+    def current() -> tuple[int, int]:
+        assert refresher.refresh(), refresher.health.last_error
+        snapshot = refresher.published.snapshot
+        assert snapshot is not None
+        window = snapshot.monitors["shop:m"].slices[0].windows["current"]
+        assert window.confidence is not None
+        return window.counts.labeled_total, window.confidence.scored
+
+    try:
+        assert current() == (300, 300)
+        late = [Row("m", "v1", NOW - timedelta(minutes=5), "a", "b", score=0.6) for _ in range(50)]
+        insert_rows(admin_engine, table, late)
+        clock["now"] = NOW + timedelta(minutes=1)
+        assert current() == (350, 300)  # counts move at once, confidence waits
+        clock["now"] = NOW + timedelta(minutes=5, seconds=30)
+        assert current() == (350, 350)
+    finally:
+        refresher.engine.dispose()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Connection
 
@@ -13,16 +14,45 @@ from .snapshot import MonitorResult, SliceResult, WindowResult
 from .source.baselines import read_baseline
 from .source.counts import count_query, fetch_counts
 from .source.rollup import fetch_window_rows
-from .source.scores import fetch_confidence, fetch_threshold_matrices
-from .stats.calibration import summarize
+from .source.scores import WindowKey, fetch_confidence, fetch_threshold_matrices
+from .stats.calibration import ConfidenceCounts, summarize
 from .stats.classification import classification_metrics
 from .stats.cost import cost_matrix, mean_cost, relative_increase
 from .stats.shift import ShiftParameters, ShiftReport, missing_reference_report, shift_report
+from .stats.thresholds import ThresholdMatrix
 from .windows import CURRENT, REFERENCE, monitor_windows
+
+ScoreAggregates = tuple[dict[WindowKey, ConfidenceCounts], dict[WindowKey, tuple[ThresholdMatrix, ...]]]
+
+
+@dataclass
+class ScoreCache:
+    """Score aggregates of each monitor, reused for up to ``max_age``.
+
+    They cannot come from the rollup (it holds no scores), so each computation scans the
+    windows' rows; calibration moves slowly, and recomputing it every few minutes instead of
+    every refresh keeps a rollup source's refresh cost following the change.
+    """
+
+    max_age: timedelta
+    _entries: dict[str, tuple[datetime, ScoreAggregates]] = field(default_factory=dict)
+
+    def get(self, name: str, now: datetime, compute: Callable[[], ScoreAggregates]) -> ScoreAggregates:
+        entry = self._entries.get(name)
+        if entry is not None and timedelta(0) <= now - entry[0] < self.max_age:
+            return entry[1]
+        value = compute()
+        self._entries[name] = (now, value)
+        return value
 
 
 def evaluate_monitor(
-    connection: Connection, config: Config, monitor: MonitorConfig, now: datetime, use_rollup: bool = True
+    connection: Connection,
+    config: Config,
+    monitor: MonitorConfig,
+    now: datetime,
+    use_rollup: bool = True,
+    score_cache: ScoreCache | None = None,
 ) -> MonitorResult:
     """Count ``monitor``'s windows as of ``now`` in the database and compute metrics and shift tests.
 
@@ -52,13 +82,19 @@ def evaluate_monitor(
         for key, counts in slices.items():
             if key in baseline:
                 counts[REFERENCE], counts[CURRENT] = align(baseline[key], counts[CURRENT])
-    confidence, threshold_matrices = {}, {}
+    confidence: dict[WindowKey, ConfidenceCounts] = {}
+    threshold_matrices: dict[WindowKey, tuple[ThresholdMatrix, ...]] = {}
     if source.columns.score is not None:
-        confidence = fetch_confidence(connection, source, monitor, windows, now, settings.bucket)
-        if monitor.decision_thresholds:
-            threshold_matrices = fetch_threshold_matrices(
-                connection, source, monitor, windows, now, settings.bucket
-            )
+
+        def compute() -> ScoreAggregates:
+            at = {}
+            if monitor.decision_thresholds:
+                at = fetch_threshold_matrices(connection, source, monitor, windows, now, settings.bucket)
+            return fetch_confidence(connection, source, monitor, windows, now, settings.bucket), at
+
+        confidence, threshold_matrices = (
+            score_cache.get(monitor.monitor_name, now, compute) if score_cache is not None else compute()
+        )
     params = monitor.shift_parameters()
     results = []
     for key, by_window in sorted(slices.items(), key=lambda kv: (kv[0].model, kv[0].version, kv[0].segment)):

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.engine import Engine
 
 from .config import Config, DatabaseUrl
-from .evaluate import evaluate_monitor
+from .evaluate import ScoreCache, evaluate_monitor
 from .exposition import HealthCollector, HealthState, SnapshotCollector, render
 from .snapshot import MonitorResult, Snapshot
 from .source.database import reader_engine, redact_error
@@ -76,6 +76,7 @@ class Refresher:
         names = [m.monitor_name for m in config.monitors]
         self.health = HealthState(monitors=names)
         self._results: dict[str, MonitorResult] = {}
+        self._scores = ScoreCache(settings.score_refresh_interval)
         self._consecutive_failures = dict.fromkeys(names, 0)
         self._next_due = dict.fromkeys(names, 0.0)
         self._stop = threading.Event()
@@ -99,7 +100,9 @@ class Refresher:
                 with self.engine.connect() as connection:
                     reached_db = True
                     with connection.begin():
-                        result = evaluate_monitor(connection, self.config, monitor, now)
+                        result = evaluate_monitor(
+                            connection, self.config, monitor, now, score_cache=self._scores
+                        )
             except Exception as error:  # any failure of one monitor must not stop the others
                 all_ok = False
                 self._consecutive_failures[name] += 1
