@@ -37,7 +37,7 @@ def test_demo_runs_on_embedded_postgres_and_stops_cleanly(cli, tmp_path):
             interval=0.5,
         )
         for monitor in (b"digits", b"fraud", b"fraud-canary", b"intents"):
-            assert b"<h2>" + monitor + b"</h2>" in page
+            assert b"<h2>" + monitor + b" <small><a class=report" in page
         _, metrics, _ = http_get(f"http://127.0.0.1:{port}/metrics")
         assert b"confusion_matrix_predictions{" in metrics
         assert b"confusion_shift_state{" in metrics

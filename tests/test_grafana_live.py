@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -87,7 +89,7 @@ def alert_rules() -> dict[str, str]:
 
 
 def test_dashboards_and_alerts_against_live_prometheus(
-    cli, clean_reference_schema, exporter_url, tmp_path, prometheus_binary
+    cli, clean_reference_schema, exporter_url, tmp_path, prometheus_binary, promtool
 ):
     simulate_with_shift(
         clean_reference_schema, ["digits-rf", "intent-router", "fraud-gbm"], ["digits-rf"], seed=17
@@ -131,6 +133,19 @@ def test_dashboards_and_alerts_against_live_prometheus(
         )
         assert {r["metric"]["monitor"] for r in pending} == {"digits"}
         assert {r["metric"]["alertstate"] for r in pending} == {"pending"}
+
+        # Every metric family, including cost, confidence and threshold matrices, passes promtool.
+        with urllib.request.urlopen(exporter.url("/metrics"), timeout=10) as response:
+            body = response.read()
+        for family in (
+            b"confusion_threshold_matrix_predictions{",
+            b"confusion_calibration_error{",
+            b"confusion_error_cost_increase_ratio{",
+            b"confusion_mean_confidence{",
+        ):
+            assert family in body, family
+        check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
+        assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
     finally:
         prometheus.stop()
         exporter.stop()
