@@ -30,7 +30,7 @@ def _cell_colour(share: float, diagonal: bool) -> str:
     return f"rgba(27,127,59,{alpha:.2f})" if diagonal else f"rgba(176,0,32,{alpha:.2f})"
 
 
-def _matrix_table(name: str, classes: list[str], matrix: list[list[int]] | None) -> str:
+def _matrix_table(name: str, classes: list[str], matrix: list[list[int]] | None, title: str = "") -> str:
     if matrix is None:
         return ""
     shares = matrix_share(matrix)
@@ -189,7 +189,9 @@ def _slice_html(report: dict[str, Any], entry: dict[str, Any]) -> str:
         f"(reference {_f(cost['reference'], '.4g')}, change {_pct(cost['increase'])}).</p>"
     )
     for at in entry["thresholds"]:
-        parts.append(_matrix_table(f"threshold {at['threshold']:g}", at["classes"], at["matrix"]))
+        name = f"threshold {at['threshold']:g}"
+        title = f"Had {at['classes'][1]} been predicted at probability ≥ {at['threshold']:g}"
+        parts.append(_matrix_table(name, at["classes"], at["matrix"], title))
     parts.append("</section>")
     return "".join(parts)
 
