@@ -47,7 +47,7 @@ def _matrix_table(name: str, classes: list[str], matrix: list[list[int]] | None,
         )
         rows.append(f'<tr><th class="name">{escape(true_class)}</th>{cells}</tr>')
     return (
-        f"<div><h3>{escape(name)} window (rows: true class, columns: predicted)</h3>"
+        f"<div><h3>{escape(title or name + ' window')} (rows: true class, columns: predicted)</h3>"
         f'<table class="matrix" data-window="{name}"><tr><th class="name">true \\ predicted</th>{head}</tr>'
         + "".join(rows)
         + "</table></div>"
