@@ -7,6 +7,7 @@ import json
 import os
 import selectors
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -41,10 +42,16 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30, interval: floa
     raise TimeoutError(f"condition not met within {timeout}s (last error: {last_error})")
 
 
-def http_get(url: str, timeout: float = 5) -> tuple[int, bytes, float]:
+def http_get(
+    url: str,
+    timeout: float = 5,
+    context: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes, float]:
     started = time.perf_counter()
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             body = response.read()
             return response.status, body, time.perf_counter() - started
     except urllib.error.HTTPError as error:
@@ -151,8 +158,16 @@ class TcpProxy:
 class ExporterProcess:
     """``confusion-exporter run`` as a real subprocess on a free port."""
 
-    def __init__(self, cli: list[str], config: dict[str, Any], database_url: str, tmp_path: Path):
+    def __init__(
+        self,
+        cli: list[str],
+        config: dict[str, Any],
+        database_url: str,
+        tmp_path: Path,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.port = free_port()
+        self.tls = tls  # the client side: the exporter serves https when its config has a web_config
         config = {
             **config,
             "exporter": {**config.get("exporter", {}), "listen_address": "127.0.0.1", "port": self.port},
@@ -168,13 +183,13 @@ class ExporterProcess:
             stderr=subprocess.STDOUT,
             env=env,
         )
-        wait_until(lambda: http_get(self.url("/healthz"))[0] == 200, timeout=30)
+        wait_until(lambda: http_get(self.url("/healthz"), context=tls)[0] == 200, timeout=30)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
 
     def metrics(self) -> dict:  # type: ignore[type-arg]
-        status, body, _ = http_get(self.url("/metrics"))
+        status, body, _ = http_get(self.url("/metrics"), context=self.tls)
         assert status == 200
         return samples(body)
 
@@ -193,11 +208,20 @@ class ExporterProcess:
 class PrometheusProcess:
     """The real Prometheus binary scraping the given targets every second."""
 
-    def __init__(self, binary: str, targets: list[str], tmp_path: Path, rule_files: list[str] | None = None):
+    def __init__(
+        self,
+        binary: str,
+        targets: list[str],
+        tmp_path: Path,
+        rule_files: list[str] | None = None,
+        scrape: dict[str, Any] | None = None,
+    ):
         self.port = free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "confusion-exporter", "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [
+                {"job_name": "confusion-exporter", "static_configs": [{"targets": targets}], **(scrape or {})}
+            ],
         }
         if rule_files:
             config["rule_files"] = rule_files

@@ -151,7 +151,7 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck():
     dockerfile = (ROOT / "exporter" / "Dockerfile").read_text()
     assert len(re.findall(r"^FROM ", dockerfile, re.M)) >= 2
     assert re.search(r"^USER \d+", dockerfile, re.M)
-    assert re.search(r"^HEALTHCHECK .*healthz", dockerfile, re.M | re.S)
+    assert re.search(r"^HEALTHCHECK .*\"confusion-exporter\", \"healthcheck\"", dockerfile, re.M | re.S)
     assert "COPY pyproject.toml" in dockerfile and "pip wheel" in dockerfile
 
 
@@ -198,3 +198,15 @@ def test_the_image_builds_the_package_from_the_same_pyproject(tmp_path):
         "confusion-exporter = confusion_exporter.cli:main"
         in zipfile.ZipFile(wheel).read(entry_points).decode()
     )
+
+
+def test_the_exporter_and_its_health_check_read_the_mounted_config():
+    """`run` and the image's `healthcheck` both find the config through CONFUSION_EXPORTER_CONFIG,
+    which must name a mounted file that the CLI accepts."""
+    exporter = load(ROOT / "docker-compose.yml", {})["services"]["exporter"]
+    path = exporter["environment"]["CONFUSION_EXPORTER_CONFIG"]
+    mounts = {target: source for source, target, *_ in (v.split(":") for v in exporter["volumes"])}
+    assert path in mounts, "the config the exporter reads is not mounted"
+    from confusion_exporter.config import load_config
+
+    assert load_config(ROOT / mounts[path], env={}).monitors

@@ -177,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=["text", "html", "json"], default="text")
     report.add_argument("--output", default=None, help="write here instead of standard output")
 
+    health = sub.add_parser(
+        "healthcheck",
+        help="exit 0 if the running exporter (this config's port, http or https) answers /healthz",
+    )
+    _config_arg(health)
+
+    sub.add_parser(
+        "hash-password", help="read a password on standard input, print its bcrypt hash for basic_auth_users"
+    )
+
     demo = sub.add_parser("demo", help="no Docker: embedded Postgres + simulator + exporter on :9745")
     demo.add_argument("--data-dir", default=".demo/pgdata", help="embedded PostgreSQL data directory")
     demo.add_argument("--history", type=_duration, default=timedelta(hours=3), help="traffic to backfill")
@@ -292,6 +302,45 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """For container health checks: the port and scheme come from the config, so they follow it."""
+    import ssl
+    import urllib.request
+
+    from .config import ExporterSettings, _env_overrides
+    from .webconfig import load_web_config
+
+    settings = (
+        _load(args).exporter if args.config else ExporterSettings.model_validate(_env_overrides(os.environ))
+    )
+    tls = (
+        settings.web_config is not None and load_web_config(settings.web_config).tls_server_config is not None
+    )
+    host = "127.0.0.1" if settings.listen_address in ("0.0.0.0", "::", "") else settings.listen_address
+    url = f"{'https' if tls else 'http'}://{host}:{settings.port}/healthz"
+    # Our own endpoint on loopback: the certificate is for the outside, not for this probe.
+    context = ssl._create_unverified_context() if tls else None  # noqa: S323
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310
+            ok = response.status == 200
+    except OSError as error:
+        print(f"unhealthy: {url}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    import bcrypt
+
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise ConfigError(["hash-password: empty password"])
+    print(bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=10)).decode("ascii"))
+    return EXIT_OK
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -306,13 +355,15 @@ def serve(config: Config, url: DatabaseUrl) -> int:
     from . import logs
     from .refresher import Refresher
     from .web import make_server
+    from .webconfig import describe, load_web_config
 
     settings = config.exporter
     logs.setup(os.environ.get("CONFUSION_EXPORTER_LOG_LEVEL", settings.log_level))
+    web = load_web_config(settings.web_config) if settings.web_config else None
     refresher = Refresher(config, url)
     try:
         server = make_server(
-            settings.listen_address, settings.port, lambda: refresher.published, refresher.alive
+            settings.listen_address, settings.port, lambda: refresher.published, refresher.alive, web
         )
     except OSError as error:
         refresher.engine.dispose()
@@ -332,6 +383,7 @@ def serve(config: Config, url: DatabaseUrl) -> int:
                 "database": url.redacted(),
                 "monitors": len(config.monitors),
                 "refresh_interval": format_duration(settings.refresh_interval),
+                **describe(web),
             }
         },
     )
@@ -497,6 +549,8 @@ COMMANDS = {
     "rebuild": cmd_rebuild,
     "gate": cmd_gate,
     "report": cmd_report,
+    "hash-password": cmd_hash_password,
+    "healthcheck": cmd_healthcheck,
 }
 
 

@@ -89,6 +89,7 @@ class ExporterSettings(_Strict):
     max_classes: int = Field(default=50, ge=2, le=1000)
     future_tolerance: Duration = timedelta(seconds=0)
     score_refresh_interval: Duration = timedelta(minutes=5)
+    web_config: Path | None = None  # TLS and basic auth, in the Prometheus exporters' format
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("refresh_interval", "bucket", "statement_timeout", "connect_timeout")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import html
 import json
 import logging
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from . import __version__
@@ -16,6 +19,7 @@ from .exposition import CONTENT_TYPE, render_process
 from .refresher import Published
 from .snapshot import Snapshot, WindowResult
 from .stats.shift import ShiftReport
+from .webconfig import BasicAuth, WebConfig, ssl_context
 
 log = logging.getLogger("confusion_exporter.web")
 
@@ -180,22 +184,62 @@ class _LandingCache:
             return self._page
 
 
+class _TLSServer(ThreadingHTTPServer):
+    """Hands each connection to its thread before the TLS handshake, so a slow or hostile
+    client can stall only its own thread, never the accept loop."""
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], context: ssl.SSLContext
+    ):
+        self._context = context
+        super().__init__(address, handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        raw, client = self.socket.accept()
+        raw.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
+        return self._context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False), client
+
+
+HANDSHAKE_TIMEOUT_SECONDS = 10
+
+
 def make_server(
     address: str,
     port: int,
     published: Callable[[], Published],
     healthy: Callable[[], bool],
+    web: WebConfig | None = None,
 ) -> ThreadingHTTPServer:
-    """Build the HTTP server; ``published`` returns what to serve right now."""
+    """Build the HTTP server; ``published`` returns what to serve right now; ``web`` adds
+    TLS and basic authentication (see webconfig)."""
     landing = _LandingCache()
     reports = _ReportCache()
+    auth = BasicAuth(web.basic_auth_users if web else {})
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"confusion-exporter/{__version__}"
+        timeout = HANDSHAKE_TIMEOUT_SECONDS  # an idle or slow client does not hold a thread for ever
+
+        def setup(self) -> None:
+            if isinstance(self.request, ssl.SSLSocket):
+                try:
+                    self.request.do_handshake()
+                except (OSError, ssl.SSLError) as error:
+                    log.debug("TLS handshake failed: %s", error)
+                    raise
+            super().setup()
 
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             url = urlsplit(self.path)
             path = url.path
+            if path != "/healthz" and not auth.check(self.headers.get("Authorization")):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="confusion-exporter", charset="UTF-8"')
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", "13")
+                self.end_headers()
+                self.wfile.write(b"unauthorized\n")
+                return
             if path == "/metrics":
                 self._send(200, CONTENT_TYPE, published().metrics_bytes + render_process())
             elif path == "/healthz":
@@ -237,6 +281,11 @@ def make_server(
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             log.debug(format % args)
 
-    server = ThreadingHTTPServer((address, port), Handler)
+    context = ssl_context(web) if web is not None else None
+    server = (
+        _TLSServer((address, port), Handler, context)
+        if context
+        else ThreadingHTTPServer((address, port), Handler)
+    )
     server.daemon_threads = True
     return server
