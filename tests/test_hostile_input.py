@@ -1,0 +1,185 @@
+"""Hostile input, generated: every config the loader can be handed, every value a database
+column can hold, and a model that suddenly emits 10,000 classes. Each case is a clear error
+or a counted rejection; never a crash, an invalid exposition or a wrong count elsewhere."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from confusion_exporter.config import ConfigError, config_from_mapping, load_config
+from confusion_exporter.exposition import SnapshotCollector, render
+
+from .helpers import NOW, Row, create_scored_events, insert_rows, make_config, snapshot_at
+
+KEYS = [
+    "exporter", "sources", "monitors", "database", "name", "table", "columns", "model", "predicted_at",
+    "predicted", "actual", "window", "reference", "kind", "length", "offset", "version", "alpha",
+    "min_effect", "classes", "cost_matrix", "decision_thresholds", "positive_class", "rollup", "port",
+    "refresh_interval", "bucket", "source", "url", "url_file", "team", "max_classes", "web_config",
+]  # fmt: skip
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
+    st.sampled_from(["1h", "0s", "-5m", "7d", "${HOME}", "${NOPE}", "inference.predictions", "trailing"]),
+)
+trees = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), children, max_size=6),
+    ),
+    max_leaves=40,
+)
+VALID = yaml.safe_load(
+    """
+sources: [{name: s, table: t, columns: {model: m, predicted_at: a, predicted: p, actual: y}}]
+monitors: [{source: s, model: m, window: 1h, reference: {kind: trailing, length: 1d}}]
+"""
+)
+
+
+def mutate(base: object, path: list[object], replacement: object) -> object:
+    """``base`` with the node at ``path`` (as far as it exists) replaced."""
+    if not path:
+        return replacement
+    head, rest = path[0], path[1:]
+    if isinstance(base, dict) and isinstance(head, str):
+        return {**base, head: mutate(base.get(head), rest, replacement)}
+    if isinstance(base, list) and isinstance(head, int) and base:
+        i = head % len(base)
+        return [*base[:i], mutate(base[i], rest, replacement), *base[i + 1 :]]
+    return replacement
+
+
+@settings(max_examples=300, deadline=None)
+@given(tree=trees)
+def test_any_document_is_a_config_or_a_config_error(tree):
+    try:
+        config_from_mapping(tree, env={"HOME": "/root"})
+    except ConfigError as error:
+        assert error.problems and all(isinstance(p, str) and p for p in error.problems)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    path=st.lists(st.one_of(st.sampled_from(KEYS), st.integers(0, 3)), max_size=4),
+    replacement=trees,
+)
+def test_any_mutation_of_a_valid_config_is_a_config_or_names_a_key(path, replacement):
+    try:
+        config_from_mapping(mutate(VALID, path, replacement), env={})
+    except ConfigError as error:
+        # every line names where the problem is ("monitors[0].window: ...", "(top level): ...")
+        assert all(": " in p for p in error.problems), error.problems
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=200))
+def test_any_file_content_is_a_config_or_a_config_error(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_config(path, env={})
+    except ConfigError as error:
+        assert error.problems
+
+
+# Values a text or timestamp column can hold (PostgreSQL text cannot hold NUL).
+class_names = st.one_of(
+    st.none(),
+    st.sampled_from(
+        ["", "  ", 'q"uote', "back\\slash", "new\nline", "tab\t", "<b>&</b>", "__other__", "__null__"]
+    ),
+    st.text(
+        st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1, max_size=40
+    ),
+    st.text(alphabet="ab", min_size=300, max_size=600),
+)
+times = st.one_of(
+    st.integers(-4 * 3600, 120).map(lambda s: NOW + timedelta(seconds=s)),
+    st.integers(1, 3).map(lambda s: NOW + timedelta(seconds=s)),  # after now, inside the current bucket
+    st.sampled_from(
+        [datetime(1901, 1, 1, tzinfo=UTC), datetime(2250, 1, 1, tzinfo=UTC), NOW + timedelta(days=400)]
+    ),
+)
+hostile_rows = st.lists(
+    st.builds(
+        lambda model, ts, predicted, actual, score: Row(model, "v1", ts, predicted, actual, score=score),
+        model=st.sampled_from(["m", None, "", "evil\nmodel"]),
+        ts=times,
+        predicted=class_names,
+        actual=class_names,
+        score=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=False, width=64)),
+    ),
+    max_size=40,
+)
+CLEAN = [
+    Row("clean", "v1", NOW - timedelta(minutes=m % 50), str(m % 3), str((m * 7) % 3), score=0.9)
+    for m in range(90)
+]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=hostile_rows)
+def test_hostile_values_give_a_valid_exposition_and_leave_other_counts_exact(
+    rows, admin_engine, exporter_url, promtool
+):
+    table = create_scored_events(admin_engine)
+    insert_rows(admin_engine, table, [*CLEAN, *rows])
+    snapshot = snapshot_at(make_config(table, extra_monitor={"max_classes": 20}), exporter_url)
+    body = render(SnapshotCollector(snapshot))
+    check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
+    assert check.returncode == 0, check.stderr.decode()[:2000]
+    # The clean model's matrix is exactly its own rows, whatever the other rows held.
+    monitor = snapshot.monitors["shop:*"]
+    clean = next(s for s in monitor.slices if s.key.model == "clean").windows["current"].counts
+    expected = [[0] * 3 for _ in range(3)]
+    for r in CLEAN:
+        expected[int(r.actual)][int(r.predicted)] += 1  # type: ignore[arg-type]
+    assert clean.classes == ("0", "1", "2") and clean.matrix.tolist() == expected
+    # Every hostile row of model "m" in the current window is counted once: in the matrix,
+    # as unlabeled, folded, or as a rejection with its reason.
+    current = next((s for s in monitor.slices if s.key.model == "m"), None)
+    window = monitor.windows[0]
+    in_current = [r for r in rows if r.model == "m" and window.start <= r.ts < window.end and r.ts <= NOW]
+    future = [r for r in rows if r.model == "m" and r.ts > NOW]
+    if current is not None:
+        counts = current.windows["current"].counts
+        total = counts.labeled_total + counts.unlabeled_total + sum(counts.rejected.values())
+        assert total == len(in_current) + len(future)
+        assert counts.rejected["future_timestamp"] == len(future)
+    else:
+        assert not in_current and not future
+
+
+def test_ten_thousand_classes_stay_within_the_cap_and_the_overflow_is_counted(
+    admin_engine, exporter_url, promtool
+):
+    table = create_scored_events(admin_engine)
+    rows = [
+        Row("m", "v1", NOW - timedelta(seconds=i % 3000), f"class-{i}", f"class-{i}") for i in range(10_000)
+    ]
+    rows += [Row("m", "v1", NOW - timedelta(seconds=i), "common", "common") for i in range(500)]
+    insert_rows(admin_engine, table, rows)
+    snapshot = snapshot_at(make_config(table), exporter_url)  # the default cap: 50 classes
+    counts = snapshot.monitors["shop:*"].slices[0].windows["current"].counts
+    assert len(counts.classes) == 50 and counts.classes[-1] == "__other__" and "common" in counts.classes
+    assert counts.folded == 10_000 - 48  # all but the 48 kept singletons (+ common + __other__)
+    assert counts.labeled_total == len(rows)  # folding loses no prediction
+    body = render(SnapshotCollector(snapshot))
+    series = sum(1 for line in body.splitlines() if line.startswith(b"confusion_matrix_predictions{"))
+    assert series == 2 * 50 * 50  # two windows of 50 x 50, not 10,000 x 10,000
+    assert (
+        b'confusion_folded_predictions{model="m",monitor="shop:*",segment="__null__",version="v1",window="current"} 9952.0'
+        in body
+    )
+    check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
+    assert check.returncode == 0
