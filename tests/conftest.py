@@ -154,3 +154,8 @@ def chromium() -> str:
     if path is None:
         pytest.fail("chromium not found: `make test` installs Debian's chromium package")
     return path
+
+
+@pytest.fixture(scope="session")
+def wrk() -> str:
+    return _debian_tool("wrk", "wrk")

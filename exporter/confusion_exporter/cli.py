@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -387,6 +388,16 @@ def serve(config: Config, url: DatabaseUrl) -> int:
             }
         },
     )
+    # Move everything alive after start-up (modules, classes: ~100k objects) out of the
+    # collector's reach: a full collection during a refresh then scans only that refresh's
+    # objects. Measured: the longest pause of a scrape thread while 45k series render fell
+    # from 72 ms to 15 ms (docs/performance.md).
+    gc.collect()
+    gc.freeze()
+    # A refresh's CPU work (statistics, rendering) shares the GIL with the threads serving
+    # scrapes; handing it over every 1 ms instead of 5 ms cut the p99 of scrapes that
+    # overlap a refresh from 117 ms to 36 ms at 45k series (docs/performance.md).
+    sys.setswitchinterval(0.001)
     refresher.start()
     stopping = threading.Event()
 

@@ -241,7 +241,9 @@ def make_server(
                 self.wfile.write(b"unauthorized\n")
                 return
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE, published().metrics_bytes + render_process())
+                # Two writes, not one concatenation: a copy of a multi-megabyte exposition per
+                # concurrent scrape is what would make memory grow with the scrape load.
+                self._send(200, CONTENT_TYPE, published().metrics_bytes, render_process())
             elif path == "/healthz":
                 ok = healthy()
                 current = published()
@@ -271,12 +273,13 @@ def make_server(
             else:
                 self._send(404, "text/plain; charset=utf-8", b"not found\n")
 
-        def _send(self, status: int, content_type: str, body: bytes) -> None:
+        def _send(self, status: int, content_type: str, *parts: bytes) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(sum(len(p) for p in parts)))
             self.end_headers()
-            self.wfile.write(body)
+            for part in parts:
+                self.wfile.write(part)
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             log.debug(format % args)

@@ -218,9 +218,19 @@ def _simulated_statistics(table: _Table, samples: int, rng: np.random.Generator)
     # Every table here has two rows, so the first row determines the second. numpy's
     # "marginals" method costs O(columns) per draw, whatever the counts; scipy.stats (and
     # its 75 MB import) is not needed at run time.
-    first = rng.multivariate_hypergeometric(cols, int(rows[0]), size=samples, method="marginals")
-    draws = np.stack([first, cols - first], axis=1).astype(np.float64)
-    return ((draws - table.expected) ** 2 / table.expected).sum(axis=(1, 2))  # type: ignore[no-any-return]
+    # numpy holds the GIL for the whole call: in chunks of ~20k column draws (~2 ms), a
+    # scrape served by another thread never waits long for a refresh's simulation.
+    chunk = max(1, GIL_CHUNK_DRAWS // max(1, cols.size))
+    out = np.empty(samples)
+    for start in range(0, samples, chunk):
+        size = min(chunk, samples - start)
+        first = rng.multivariate_hypergeometric(cols, int(rows[0]), size=size, method="marginals")
+        draws = np.stack([first, cols - first], axis=1).astype(np.float64)
+        out[start : start + size] = ((draws - table.expected) ** 2 / table.expected).sum(axis=(1, 2))
+    return out
+
+
+GIL_CHUNK_DRAWS = 20_000
 
 
 SEQUENTIAL_HITS = 10  # Besag-Clifford: stop once this many simulated statistics reach the observed one
