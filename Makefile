@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools test lint format grafana demo bench clean
+.PHONY: help install tools test soak lint format grafana demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ tools: ## install Debian's prometheus (promtool), chromium (browser tests) and w
 
 test: install tools ## install what is needed and run every test (CI=true turns skips into failures)
 	$(BIN)/python -m pytest
+
+soak: install tools ## the fault tests, longer: 40 SIGKILLs mid-fold under write bursts (about 5 min)
+	CE_SOAK_KILLS=40 $(BIN)/python -m pytest -q tests/test_faults.py
 
 lint: install ## ruff, formatting and mypy
 	$(BIN)/ruff check exporter migrations tests benchmarks grafana
