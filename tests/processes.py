@@ -241,8 +241,9 @@ class PrometheusProcess:
         )
         wait_until(lambda: http_get(f"http://127.0.0.1:{self.port}/-/ready")[0] == 200, timeout=30)
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})}
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(params)
         status, body, _ = http_get(url)
         payload = json.loads(body)
         assert status == 200 and payload["status"] == "success", payload

@@ -178,6 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=["text", "html", "json"], default="text")
     report.add_argument("--output", default=None, help="write here instead of standard output")
 
+    backfill = sub.add_parser(
+        "backfill",
+        help="write the metric history of a past span as OpenMetrics for promtool tsdb create-blocks",
+    )
+    _config_arg(backfill)
+    backfill.add_argument(
+        "--from", dest="start", type=_timestamp, required=True, help="first instant (ISO 8601)"
+    )
+    backfill.add_argument("--to", dest="end", type=_timestamp, required=True, help="last instant (ISO 8601)")
+    backfill.add_argument(
+        "--step", type=_duration, default=timedelta(minutes=5), help="between instants (5m)"
+    )
+    backfill.add_argument("--output", required=True, help="directory to write confusion-exporter.om into")
+
     health = sub.add_parser(
         "healthcheck",
         help="exit 0 if the running exporter (this config's port, http or https) answers /healthz",
@@ -223,7 +237,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     config = _load(args)
     url = resolve_database_url(config)
     at = args.at
-    refresher = Refresher(config, url, clock=(lambda: at) if at else _now)
+    refresher = Refresher(config, url, clock=(lambda: at) if at else _now, historical=at is not None)
     try:
         ok = refresher.refresh()
     finally:
@@ -300,6 +314,40 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"report of {monitor.monitor_name} written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(body)
+    return EXIT_OK
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from .backfill import backfill
+    from .source.database import reader_engine
+
+    config = _load(args)
+    if args.end < args.start:
+        raise ConfigError(["--to: must not be before --from"])
+    if args.step <= timedelta(0):
+        raise ConfigError(["--step: must be greater than zero"])
+    steps = int((args.end - args.start) / args.step) + 1
+    if steps > 100_000:
+        raise ConfigError(
+            [f"--step: {steps} instants; use a longer step or a shorter span (at most 100,000)"]
+        )
+    url = resolve_database_url(config)
+    settings = config.exporter
+    engine = reader_engine(
+        url, statement_timeout=settings.statement_timeout, connect_timeout=settings.connect_timeout
+    )
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        result = backfill(engine, config, args.start, args.end, args.step, output)
+    finally:
+        engine.dispose()
+    print(
+        f"wrote {result.path}: {result.steps} instants, {result.samples} samples in {result.families} "
+        f"families ({result.seconds:.1f} s)\n"
+        f"next: promtool tsdb create-blocks-from openmetrics {result.path} {output / 'blocks'}\n"
+        f"then move {output / 'blocks'}/* into Prometheus's data directory (docs/backfill.md)"
+    )
     return EXIT_OK
 
 
@@ -562,6 +610,7 @@ COMMANDS = {
     "report": cmd_report,
     "hash-password": cmd_hash_password,
     "healthcheck": cmd_healthcheck,
+    "backfill": cmd_backfill,
 }
 
 

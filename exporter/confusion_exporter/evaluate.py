@@ -53,12 +53,17 @@ def evaluate_monitor(
     now: datetime,
     use_rollup: bool = True,
     score_cache: ScoreCache | None = None,
+    historical: bool = False,
 ) -> MonitorResult:
     """Count ``monitor``'s windows as of ``now`` in the database and compute metrics and shift tests.
 
     ``use_rollup=False`` counts from the source table even where a rollup exists: one-off
     commands (gate, report) want the rows as they are now, not as of the last fold.
+    ``historical`` evaluates a past instant as it was then (``snapshot --at``, ``backfill``):
+    from the source table, with labels that arrived after ``now`` not counted yet.
     """
+    labels_as_of = now if historical else None
+    use_rollup = use_rollup and not historical
     settings = config.exporter
     windows = monitor_windows(now, monitor, settings.bucket)
     source = config.source(monitor.source)
@@ -66,7 +71,9 @@ def evaluate_monitor(
     if source.rollup is not None and use_rollup:
         rows = fetch_window_rows(connection, source.name, monitor.model, windows, now, bucket_seconds)
     else:
-        query = count_query(source, monitor, windows, now, settings.bucket, settings.future_tolerance)
+        query = count_query(
+            source, monitor, windows, now, settings.bucket, settings.future_tolerance, labels_as_of
+        )
         rows = fetch_counts(connection, query)
     slices = build_slices(
         rows,
@@ -89,8 +96,12 @@ def evaluate_monitor(
         def compute() -> ScoreAggregates:
             at = {}
             if monitor.decision_thresholds:
-                at = fetch_threshold_matrices(connection, source, monitor, windows, now, settings.bucket)
-            return fetch_confidence(connection, source, monitor, windows, now, settings.bucket), at
+                at = fetch_threshold_matrices(
+                    connection, source, monitor, windows, now, settings.bucket, labels_as_of
+                )
+            return fetch_confidence(
+                connection, source, monitor, windows, now, settings.bucket, labels_as_of
+            ), at
 
         confidence, threshold_matrices = (
             score_cache.get(monitor.monitor_name, now, compute) if score_cache is not None else compute()

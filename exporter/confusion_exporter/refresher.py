@@ -63,10 +63,13 @@ class Refresher:
         *,
         clock: Clock = utc_now,
         engine: Engine | None = None,
+        historical: bool = False,
     ):
         self.config = config
         self.url = url
         self.clock = clock
+        # A past instant as it was (snapshot --at): no folding, labels that came later not counted.
+        self.historical = historical
         settings = config.exporter
         self.engine = engine or reader_engine(
             url,
@@ -89,7 +92,7 @@ class Refresher:
         now = self.clock()
         all_ok, any_ok, reached_db = True, False, False
         due = [m for m in self.config.monitors if not only_due or self._next_due[m.monitor_name] <= started]
-        failed_sources = self._fold_rollups({m.source for m in due})
+        failed_sources = {} if self.historical else self._fold_rollups({m.source for m in due})
         for monitor in due:
             name = monitor.monitor_name
             with self.health.lock:
@@ -101,7 +104,12 @@ class Refresher:
                     reached_db = True
                     with connection.begin():
                         result = evaluate_monitor(
-                            connection, self.config, monitor, now, score_cache=self._scores
+                            connection,
+                            self.config,
+                            monitor,
+                            now,
+                            score_cache=None if self.historical else self._scores,
+                            historical=self.historical,
                         )
             except Exception as error:  # any failure of one monitor must not stop the others
                 all_ok = False

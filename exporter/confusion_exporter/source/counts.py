@@ -49,6 +49,17 @@ def _blank(expr: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
     return sa.or_(expr.is_(None), sa.func.btrim(expr) == "")
 
 
+def arrived_label(
+    table: sa.TableClause, actual: str, labeled_at: str | None, labels_as_of: datetime | None
+) -> sa.ColumnElement[str]:
+    """The true class as text, NULL where the label arrived after ``labels_as_of``."""
+    label: sa.ColumnElement[str] = sa.cast(table.c[actual], sa.Text)
+    if labels_as_of is None or labeled_at is None:
+        return label
+    arrived = table.c[labeled_at] <= sa.bindparam("labels_as_of", labels_as_of)
+    return sa.case((arrived, label), else_=sa.null())
+
+
 def window_columns(
     predicted_at: sa.ColumnElement[Any],
     windows: Sequence[Window],
@@ -86,8 +97,13 @@ def count_query(
     now: datetime,
     bucket: timedelta,
     future_tolerance: timedelta = timedelta(0),
+    labels_as_of: datetime | None = None,
 ) -> sa.Select[tuple[object, ...]]:
-    """Build the grouped count of ``monitor``'s rows over ``windows`` as of ``now``."""
+    """Build the grouped count of ``monitor``'s rows over ``windows`` as of ``now``.
+
+    ``labels_as_of`` (historical evaluations: ``snapshot --at``, ``backfill``) treats a label
+    whose ``labeled_at`` is later as not arrived yet, so a past instant is seen as it was.
+    """
     table = source_table(source)
     cols = source.columns
 
@@ -97,7 +113,8 @@ def count_query(
         return sa.cast(table.c[name], sa.Text)
 
     predicted_at = table.c[cols.predicted_at]
-    model, predicted, actual = text(cols.model), text(cols.predicted), text(cols.actual)
+    model, predicted = text(cols.model), text(cols.predicted)
+    actual = arrived_label(table, cols.actual, cols.labeled_at, labels_as_of)
     is_future = predicted_at > sa.bindparam("future_after", now + future_tolerance)
     reason = sa.case(
         (is_future, FUTURE_TIMESTAMP),

@@ -29,7 +29,7 @@ from ..matrices import NULL, SliceKey
 from ..stats.calibration import ConfidenceCounts
 from ..stats.thresholds import ThresholdMatrix, threshold_matrices
 from ..windows import Window
-from .counts import ALL, source_table, window_columns
+from .counts import ALL, arrived_label, source_table, window_columns
 
 WindowKey = tuple[SliceKey, str]  # (slice, window name)
 
@@ -44,6 +44,7 @@ class _Columns:
         windows: Sequence[Window],
         now: datetime,
         bucket: timedelta,
+        labels_as_of: datetime | None = None,
     ):
         cols = source.columns
         assert cols.score is not None
@@ -58,13 +59,15 @@ class _Columns:
         is_future = predicted_at > sa.bindparam("future_after", now)
         self.window_bucket, in_a_window = window_columns(predicted_at, windows, bucket, is_future)
         self.slice = [text(cols.model), text(cols.version), text(cols.segment)]
-        self.predicted, self.actual = text(cols.predicted), text(cols.actual)
+        self.predicted = text(cols.predicted)
+        self.actual = arrived_label(table, cols.actual, cols.labeled_at, labels_as_of)
         self.score = sa.cast(table.c[score_column], sa.Float)
         self.filters = [
             in_a_window,
             sa.not_(is_future),
             table.c[cols.model].is_not(None),
             self.score.is_not(None),
+            self.actual.is_not(None),
             sa.func.btrim(self.predicted) != "",
             sa.func.btrim(self.actual) != "",
         ]
@@ -73,9 +76,14 @@ class _Columns:
 
 
 def confidence_query(
-    source: SourceConfig, monitor: MonitorConfig, windows: Sequence[Window], now: datetime, bucket: timedelta
+    source: SourceConfig,
+    monitor: MonitorConfig,
+    windows: Sequence[Window],
+    now: datetime,
+    bucket: timedelta,
+    labels_as_of: datetime | None = None,
 ) -> sa.Select[tuple[object, ...]]:
-    c = _Columns(source, monitor, windows, now, bucket)
+    c = _Columns(source, monitor, windows, now, bucket, labels_as_of)
     bins = monitor.calibration_bins
     valid = sa.and_(c.score >= 0, c.score <= 1)  # NaN >= 0 holds in Postgres, NaN <= 1 does not
     score_bin = sa.case(
@@ -97,10 +105,15 @@ def confidence_query(
 
 
 def threshold_query(
-    source: SourceConfig, monitor: MonitorConfig, windows: Sequence[Window], now: datetime, bucket: timedelta
+    source: SourceConfig,
+    monitor: MonitorConfig,
+    windows: Sequence[Window],
+    now: datetime,
+    bucket: timedelta,
+    labels_as_of: datetime | None = None,
 ) -> sa.Select[tuple[object, ...]]:
     assert monitor.classes is not None and monitor.positive_class is not None
-    c = _Columns(source, monitor, windows, now, bucket)
+    c = _Columns(source, monitor, windows, now, bucket, labels_as_of)
     classes: sa.BindParameter[list[str]] = sa.bindparam("two_classes", list(monitor.classes), expanding=True)
     positive: sa.BindParameter[str] = sa.bindparam("positive", monitor.positive_class)
     probability = sa.case((c.predicted == positive, c.score), else_=1.0 - c.score)
@@ -133,12 +146,13 @@ def fetch_confidence(
     windows: Sequence[Window],
     now: datetime,
     bucket: timedelta,
+    labels_as_of: datetime | None = None,
 ) -> dict[WindowKey, ConfidenceCounts]:
     """Confidence aggregates per (slice, window) with scored, labeled predictions."""
     bins = monitor.calibration_bins
     parts: dict[WindowKey, dict[str, Any]] = {}
     rows: list[Sequence[Any]] = list(
-        connection.execute(confidence_query(source, monitor, windows, now, bucket))
+        connection.execute(confidence_query(source, monitor, windows, now, bucket, labels_as_of))
     )
     for row in rows:
         key = _keys(row, windows, bucket)
@@ -179,6 +193,7 @@ def fetch_threshold_matrices(
     windows: Sequence[Window],
     now: datetime,
     bucket: timedelta,
+    labels_as_of: datetime | None = None,
 ) -> dict[WindowKey, tuple[ThresholdMatrix, ...]]:
     """Matrices at each decision threshold per (slice, window), for a two-class monitor."""
     assert monitor.classes is not None and monitor.positive_class is not None
@@ -186,7 +201,7 @@ def fetch_threshold_matrices(
     scored: dict[WindowKey, dict[str, int]] = {}
     reaching: dict[WindowKey, dict[str, dict[float, int]]] = {}
     rows: list[Sequence[Any]] = list(
-        connection.execute(threshold_query(source, monitor, windows, now, bucket))
+        connection.execute(threshold_query(source, monitor, windows, now, bucket, labels_as_of))
     )
     for row in rows:
         key = _keys(row, windows, bucket)
