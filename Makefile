@@ -48,9 +48,10 @@ format: install ## apply ruff's formatting and autofixes
 grafana: install ## regenerate Grafana dashboards and alert rules from their sources
 	$(BIN)/python grafana/generate.py
 
-bench: install ## benchmarks that print figures (about 5 min; 10M rows: see docs/performance.md)
+bench: install tools ## benchmarks that print figures (about 6 min; 10M rows and the false-pages study: docs/)
 	$(BIN)/python benchmarks/scrape_benchmark.py
 	$(BIN)/python benchmarks/live_rss.py
+	$(BIN)/python benchmarks/scrape_load.py
 	$(BIN)/python benchmarks/rollup_benchmark.py --rows 1000000 --repeat 3
 
 demo: install ## run the product without Docker: embedded Postgres, simulator, exporter on :9745

@@ -96,6 +96,10 @@ def grafana_rule(rule: dict[str, Any], interval: str) -> dict[str, Any]:
         "noDataState": "OK",
         "execErrState": "Error",
         "for": rule.get("for", "0s"),
+        # The Prometheus rule's resolve behaviour. Grafana reads keepFiringFor from 12.0 on;
+        # the 11.6 of docker-compose.yml ignores the key (its Grafana-managed copy of the
+        # shift page resolves as soon as the decision clears; Prometheus's does not).
+        **({"keepFiringFor": rule["keep_firing_for"]} if "keep_firing_for" in rule else {}),
         "labels": dict(rule.get("labels", {})),
         "annotations": {k: _grafana_template(v) for k, v in rule.get("annotations", {}).items()},
         "isPaused": False,

@@ -212,8 +212,10 @@ class MonitorConfig(_Strict):
     window: Duration
     label_delay: Duration = timedelta(0)
     reference: Reference
-    alpha: float = Field(default=0.01, gt=0, lt=1)
-    min_effect: float = Field(default=0.05, ge=0, le=1)
+    # A page's false-alarm budget, not one test's: re-evaluated every minute on sliding
+    # windows, alpha 0.01 paged 1-4 times a month with no change (docs/statistics.md).
+    alpha: float = Field(default=0.001, gt=0, lt=1)
+    min_effect: float = Field(default=0.03, ge=0, le=1)
     min_samples: int = Field(default=200, ge=1)
     min_row_samples: int = Field(default=20, ge=1)
     monte_carlo_samples: int = Field(default=999, ge=99, le=99_999)

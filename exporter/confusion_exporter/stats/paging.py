@@ -1,0 +1,171 @@
+"""The paging layer over time: how an alert rule turns a sequence of per-evaluation shift
+decisions into pages, and simulated streams to measure it over weeks.
+
+A test that is right 99% of the time per evaluation still pages every few days when it is
+re-evaluated every minute on sliding windows. What an on-call team lives with is the number
+of pages per month under no change and the delay to a page under a real change; both
+depend on the decision (alpha, min_effect, min_samples) *and* on the rule's ``for`` and
+``keep_firing_for``. This module emulates Prometheus's rule evaluation exactly (pending,
+firing after ``for``, kept firing for ``keep_firing_for`` after the expression stops), so
+``benchmarks/false_pages.py`` can measure the shipped rule, and the emulation is checked
+against ``promtool test rules`` in the test suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .shift import ShiftParameters, error_pattern_test
+from .simulation import Classifier
+
+MINUTES_PER_DAY = 1440
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """A Prometheus alerting rule's timing, in evaluation steps."""
+
+    for_steps: int
+    keep_firing_steps: int = 0
+
+
+# The shift page as shipped (prometheus/rules, ConfusionErrorPatternShift) and the monitors'
+# default alpha, as measured by benchmarks/false_pages.py: steps are minutes (one refresh of
+# the 1-minute buckets per minute).
+SHIFT_PAGE = AlertRule(for_steps=15, keep_firing_steps=30)
+SHIFT_PAGE_ALPHA = 0.001
+SHIFT_PAGE_MIN_EFFECT = 0.03
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One page: the step the alert fired at and the step it resolved at (None: still firing)."""
+
+    fired: int
+    resolved: int | None
+
+
+def episodes(active: Sequence[bool], rule: AlertRule) -> list[Episode]:
+    """Replay Prometheus's alert state machine over one series' per-step expression results.
+
+    Pending from the first active step; firing once active for ``for_steps`` steps (the
+    evaluation at which ``now - activeAt >= for``); a pending alert whose expression stops is
+    dropped; a firing one stays firing until the expression has been inactive for
+    ``keep_firing_steps`` steps (Prometheus's ``keep_firing_for``), and any active step in
+    between resets that count.
+    """
+    out: list[Episode] = []
+    active_since: int | None = None
+    firing_since: int | None = None
+    inactive_since: int | None = None
+    for step, is_active in enumerate(active):
+        if is_active:
+            inactive_since = None
+            if active_since is None:
+                active_since = step
+            if firing_since is None and step - active_since >= rule.for_steps:
+                firing_since = step
+                out.append(Episode(step, None))
+            continue
+        if firing_since is None:
+            active_since = None
+            continue
+        if inactive_since is None:
+            inactive_since = step
+        if step - inactive_since >= rule.keep_firing_steps:
+            out[-1] = Episode(firing_since, step)
+            firing_since = active_since = inactive_since = None
+    return out
+
+
+@dataclass(frozen=True)
+class Evaluations:
+    """Per-evaluation outcomes of the error-pattern test over a simulated stream."""
+
+    minutes: NDArray[np.int64]  # the evaluation instants, in minutes from the stream's start
+    p_value: NDArray[np.float64]
+    effect: NDArray[np.float64]
+    n_reference: NDArray[np.int64]
+    n_current: NDArray[np.int64]
+
+    def decisions(self, alpha: float, min_effect: float, min_samples: int) -> NDArray[np.bool_]:
+        """The exported ``shift`` state at each evaluation, for a choice of thresholds."""
+        enough = np.minimum(self.n_reference, self.n_current) >= min_samples
+        return (self.p_value < alpha) & (self.effect >= min_effect) & enough
+
+
+def seasonal_rate(rate_per_hour: float, amplitude: float = 0.5) -> Callable[[int], float]:
+    """Predictions per minute, peaking in the afternoon and lowest at night."""
+    return lambda minute: (
+        rate_per_hour / 60 * (1 + amplitude * np.sin(2 * np.pi * (minute / MINUTES_PER_DAY - 0.25)))
+    )
+
+
+def seasonal_priors(priors: NDArray[np.float64], minute: int, amplitude: float = 0.3) -> NDArray[np.float64]:
+    """The class mix drifting over the day (each class on its own phase)."""
+    k = len(priors)
+    phase = 2 * np.pi * (minute / MINUTES_PER_DAY + np.arange(k) / k)
+    mixed = priors * (1 + amplitude * np.sin(phase))
+    return mixed / mixed.sum()  # type: ignore[no-any-return]
+
+
+def simulate_stream(
+    rng: np.random.Generator,
+    minutes: int,
+    rate: Callable[[int], float],
+    model_at: Callable[[int], Classifier],
+    seasonal_mix: bool = True,
+) -> NDArray[np.int64]:
+    """Labeled predictions per minute as ``[minute, true, predicted]`` counts."""
+    k = len(model_at(0).priors)
+    out = np.zeros((minutes, k, k), dtype=np.int64)
+    for minute in range(minutes):
+        model = model_at(minute)
+        n = rng.poisson(rate(minute))
+        priors = seasonal_priors(model.priors, minute) if seasonal_mix else model.priors
+        support = rng.multinomial(n, priors)
+        for i, s in enumerate(support):
+            if s:
+                out[minute, i] = rng.multinomial(s, model.confusion[i])
+    return out
+
+
+def evaluate_stream(
+    stream: NDArray[np.int64],
+    window: int,
+    reference: int,
+    start: int,
+    step: int,
+    params: ShiftParameters,
+    stop: Callable[[float, float, int, int], bool] | None = None,
+) -> Evaluations:
+    """The error-pattern test every ``step`` minutes from ``start``: the last ``window``
+    minutes against the ``reference`` minutes before them (a trailing reference).
+
+    ``stop(p, effect, n_reference, n_current)`` ends the run early once it returns True (a
+    detection study needs the stream only up to the page)."""
+    k = stream.shape[1]
+    classes = tuple(str(i) for i in range(k))
+    cumulative = np.concatenate([np.zeros((1, k, k), np.int64), np.cumsum(stream, axis=0)])
+    at = np.arange(max(start, window + reference), stream.shape[0] + 1, step)
+    p, effect, n_ref, n_cur = (np.empty(len(at)) for _ in range(4))
+    for i, minute in enumerate(at):
+        current = cumulative[minute] - cumulative[minute - window]
+        ref = cumulative[minute - window] - cumulative[minute - window - reference]
+        result, _, _ = error_pattern_test(ref, current, classes, params)
+        p[i], effect[i], n_ref[i], n_cur[i] = (
+            result.p_value,
+            result.effect_size,
+            result.n_reference,
+            result.n_current,
+        )
+        if stop is not None and stop(p[i], effect[i], int(n_ref[i]), int(n_cur[i])):
+            end = i + 1
+            return Evaluations(
+                at[:end], p[:end], effect[:end], n_ref[:end].astype(np.int64), n_cur[:end].astype(np.int64)
+            )
+    return Evaluations(at, p, effect, n_ref.astype(np.int64), n_cur.astype(np.int64))
