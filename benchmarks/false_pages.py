@@ -69,18 +69,17 @@ class Candidate:
 
 
 CANDIDATES = (
-    Candidate("before: alpha 0.01, for 15m", 0.01, 0.05, 200, AlertRule(15, 0)),
-    Candidate("alpha 0.01, for 30m, keep 30m", 0.01, 0.05, 200, AlertRule(30, 30)),
-    Candidate("alpha 0.001, for 15m, keep 30m", 0.001, 0.05, 200, AlertRule(15, 30)),
-    Candidate("alpha 0.001, min_effect 0.04, for 15m, keep 30m", 0.001, 0.04, 200, AlertRule(15, 30)),
+    Candidate("before: alpha 0.01, min_effect 0.05, for 15m", 0.01, 0.05, 200, AlertRule(15, 0)),
+    Candidate("alpha 0.01, min_effect 0.05, for 30m, keep 30m", 0.01, 0.05, 200, AlertRule(30, 30)),
+    Candidate("alpha 0.001, min_effect 0.03, for 15m, keep 30m", 0.001, 0.03, 200, AlertRule(15, 30)),
     Candidate(
-        "shipped: alpha 0.001, min_effect 0.03, for 15m, keep 30m",
+        "shipped: alpha 0.001, min_effect 0.03, for 30m, keep 30m",
         SHIFT_PAGE_ALPHA,
         SHIFT_PAGE_MIN_EFFECT,
         200,
         SHIFT_PAGE,
     ),
-    Candidate("alpha 0.001, for 30m, keep 30m", 0.001, 0.05, 200, AlertRule(30, 30)),
+    Candidate("alpha 0.001, min_effect 0.05, for 30m, keep 30m", 0.001, 0.05, 200, AlertRule(30, 30)),
 )
 STRICTEST = CANDIDATES[-1]  # every other candidate pages no later than this one
 
@@ -205,8 +204,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=6, help="streams per detection scenario and point")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--save", help="also pickle the per-evaluation results here (for re-analysis)")
+    parser.add_argument("--load", help="re-analyse results saved with --save instead of simulating")
     args = parser.parse_args()
     started = time.monotonic()
+    if args.load:
+        with open(args.load, "rb") as handle:
+            report(pickle.load(handle), "re-analysed from " + args.load)
+        return
     tasks = [("null", k, r, s, args.days) for k, r, s in itertools.product(KS, RATES, range(args.months))]
     tasks += [
         (sc, k, r, s, 0)
@@ -218,9 +222,13 @@ def main() -> None:
     if args.save:
         with open(args.save, "wb") as handle:
             pickle.dump(results, handle)
+    report(results, f"{time.monotonic() - started:.0f} s on {args.processes} processes")
+
+
+def report(results: list[tuple[tuple[str, int, int, int], Evaluations, int]], how: str) -> None:
     print(
-        f"{len(tasks)} simulated streams, {sum(len(e.minutes) for _, e, _ in results):,} evaluations of the "
-        f"error-pattern test, {time.monotonic() - started:.0f} s on {args.processes} processes\n"
+        f"{len(results)} simulated streams, {sum(len(e.minutes) for _, e, _ in results):,} evaluations of the "
+        f"error-pattern test, {how}\n"
     )
     print("False pages under no change (per monitor per 30 days; a fleet of 20 monitors x 3 segments)\n")
     print("| rule | " + " | ".join(f"K={k} {r:,}/h" for k in KS for r in RATES) + " |")

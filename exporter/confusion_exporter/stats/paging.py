@@ -36,7 +36,7 @@ class AlertRule:
 # The shift page as shipped (prometheus/rules, ConfusionErrorPatternShift) and the monitors'
 # default alpha, as measured by benchmarks/false_pages.py: steps are minutes (one refresh of
 # the 1-minute buckets per minute).
-SHIFT_PAGE = AlertRule(for_steps=15, keep_firing_steps=30)
+SHIFT_PAGE = AlertRule(for_steps=30, keep_firing_steps=30)
 SHIFT_PAGE_ALPHA = 0.001
 SHIFT_PAGE_MIN_EFFECT = 0.03
 
