@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
-from confusion_exporter.stats.paging import AlertRule, episodes, evaluate_stream, seasonal_rate, simulate_stream
+from confusion_exporter.stats.paging import (
+    AlertRule,
+    episodes,
+    evaluate_stream,
+    seasonal_rate,
+    simulate_stream,
+)
 from confusion_exporter.stats.shift import ShiftParameters
 from confusion_exporter.stats.simulation import structured_classifier
 
@@ -32,7 +38,10 @@ def test_emulated_alert_states_equal_promtools(tmp_path, promtool, seed, for_m, 
     active = bursty(rng, 90)
     rule = AlertRule(for_m, keep_m)
     pages = episodes(active, rule)
-    firing = [any(e.fired <= t and (e.resolved is None or t < e.resolved) for e in pages) for t in range(len(active))]
+    firing = [
+        any(e.fired <= t and (e.resolved is None or t < e.resolved) for e in pages)
+        for t in range(len(active))
+    ]
     alert: dict[str, object] = {"alert": "T", "expr": "x == 1", "for": f"{for_m}m"}
     if keep_m:
         alert["keep_firing_for"] = f"{keep_m}m"
@@ -57,7 +66,9 @@ def test_emulated_alert_states_equal_promtools(tmp_path, promtool, seed, for_m, 
         ],
     }
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
-    result = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests.yml")], capture_output=True, text=True)
+    result = subprocess.run(
+        [promtool, "test", "rules", str(tmp_path / "tests.yml")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert pages, "the sequence should page at least once"
 
@@ -82,7 +93,9 @@ def test_shipped_rule_matches_the_studied_one():
     from confusion_exporter.stats.paging import SHIFT_PAGE, SHIFT_PAGE_ALPHA, SHIFT_PAGE_MIN_EFFECT
 
     rules = yaml.safe_load((ROOT / "prometheus" / "rules" / "confusion-exporter.rules.yml").read_text())
-    alert = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "ConfusionErrorPatternShift")
+    alert = next(
+        r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "ConfusionErrorPatternShift"
+    )
     assert alert["for"] == f"{SHIFT_PAGE.for_steps}m"
     assert alert["keep_firing_for"] == f"{SHIFT_PAGE.keep_firing_steps}m"
     assert MonitorConfig.model_fields["alpha"].default == SHIFT_PAGE_ALPHA
