@@ -147,3 +147,20 @@ def minutes(n: float) -> timedelta:
 
 def pick(seq: Sequence[Any], index: int) -> Any:
     return seq[index % len(seq)]
+
+
+def exporter_config(table: str, model: str = "m", **exporter: str) -> dict[str, Any]:
+    """The config of an exporter process over one user table: 1 h window, trailing 3 h, fast
+    refreshes and backoff (override any exporter setting by keyword)."""
+    return {
+        "exporter": {"refresh_interval": "1s", "initial_backoff": "200ms", "max_backoff": "1s", **exporter},
+        "sources": [{"name": "shop", "table": table, "columns": COLUMNS}],
+        "monitors": [
+            {
+                "source": "shop",
+                "model": model,
+                "window": "1h",
+                "reference": {"kind": "trailing", "length": "3h"},
+            }
+        ],
+    }

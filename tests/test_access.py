@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from confusion_exporter.config import ConfigError, DatabaseUrl, config_from_mapping
 from confusion_exporter.refresher import Refresher
 
-from .helpers import COLUMNS, NOW, Row, create_scored_events, insert_rows, make_config
+from .helpers import COLUMNS, NOW, Row, create_scored_events, exporter_config, insert_rows, make_config
 from .processes import ExporterProcess, TcpProxy, http_get, wait_until
 
 INFERENCE = ["inference.predictions", "inference.labels", "inference.labeled_predictions"]
@@ -124,18 +124,7 @@ def test_the_password_never_appears_in_logs_pages_or_metrics(cli, admin_engine, 
         .render_as_string(hide_password=False)
     )
     proxy = TcpProxy(exporter_url)
-    config = {
-        "exporter": {"refresh_interval": "300ms", "initial_backoff": "100ms", "max_backoff": "500ms"},
-        "sources": [{"name": "shop", "table": table, "columns": COLUMNS}],
-        "monitors": [
-            {
-                "source": "shop",
-                "model": "m",
-                "window": "1h",
-                "reference": {"kind": "trailing", "length": "3h"},
-            }
-        ],
-    }
+    config = exporter_config(table, refresh_interval="300ms", initial_backoff="100ms", max_backoff="500ms")
     runs = [
         (proxy.url_for(exporter_url), password),  # connection refused (proxy not started)
         (wrong, "Wr0ng-P4ssw0rd-xyzzy"),  # the server refuses the login

@@ -14,25 +14,10 @@ from sklearn.metrics import confusion_matrix
 from confusion_exporter.matrices import class_order
 
 from .conftest import run_cli
-from .helpers import COLUMNS, Row, create_scored_events, insert_rows
+from .helpers import Row, create_scored_events, exporter_config, insert_rows
 from .processes import ExporterProcess, PrometheusProcess, TcpProxy, http_get, value, wait_until
 
 MONITOR = "shop:m"
-
-
-def exporter_config(table: str, **exporter: str) -> dict:  # type: ignore[type-arg]
-    return {
-        "exporter": {"refresh_interval": "1s", "initial_backoff": "200ms", "max_backoff": "1s", **exporter},
-        "sources": [{"name": "shop", "table": table, "columns": COLUMNS}],
-        "monitors": [
-            {
-                "source": "shop",
-                "model": "m",
-                "window": "1h",
-                "reference": {"kind": "trailing", "length": "3h"},
-            }
-        ],
-    }
 
 
 def seeded_rows(seed: int = 11) -> tuple[list[Row], dict[str, np.ndarray], list[str]]:

@@ -8,7 +8,7 @@ import re
 import subprocess
 from datetime import UTC, datetime, timedelta
 
-from .helpers import COLUMNS, Row, create_scored_events, insert_rows
+from .helpers import Row, create_scored_events, exporter_config, insert_rows
 from .processes import ExporterProcess, TcpProxy, http_get, samples, value, wait_until
 
 CLASSES = [f"c{i:02d}" for i in range(50)]  # the default cap: max_classes = 50
@@ -48,18 +48,7 @@ def test_concurrent_scrapes_at_the_cap_succeed_with_the_database_up_and_down(
     insert_rows(admin_engine, table, big_rows())
     proxy = TcpProxy(exporter_url)
     proxy.start()
-    config = {
-        "exporter": {"refresh_interval": "1s", "initial_backoff": "200ms", "max_backoff": "1s"},
-        "sources": [{"name": "shop", "table": table, "columns": COLUMNS}],
-        "monitors": [
-            {
-                "source": "shop",
-                "model": "*",
-                "window": "1h",
-                "reference": {"kind": "trailing", "length": "3h"},
-            }
-        ],
-    }
+    config = exporter_config(table, model="*")
     exporter = ExporterProcess(cli, config, proxy.url_for(exporter_url), tmp_path)
     try:
         metrics = wait_until(

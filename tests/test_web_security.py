@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from .conftest import run_cli
-from .helpers import COLUMNS, create_scored_events
+from .helpers import COLUMNS, create_scored_events, exporter_config
 from .processes import ExporterProcess, PrometheusProcess, http_get, wait_until
 
 PASSWORD = "correct horse battery staple"
@@ -66,18 +66,7 @@ def secured(tmp_path_factory, cli, admin_engine, exporter_url):  # type: ignore[
         )
     )
     table = create_scored_events(admin_engine)
-    config = {
-        "exporter": {"refresh_interval": "1s", "web_config": str(web)},
-        "sources": [{"name": "shop", "table": table, "columns": COLUMNS}],
-        "monitors": [
-            {
-                "source": "shop",
-                "model": "m",
-                "window": "1h",
-                "reference": {"kind": "trailing", "length": "3h"},
-            }
-        ],
-    }
+    config = exporter_config(table, web_config=str(web))
     client = ssl.create_default_context(cafile=str(cert))
     exporter = ExporterProcess(cli, config, exporter_url, tmp, tls=client)
     yield exporter, client, cert, tmp

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import (
@@ -23,6 +24,9 @@ from .config import (
     parse_duration,
     resolve_database_url,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_WAIT = 0, 1, 2, 3
 CONFIG_ENV = "CONFUSION_EXPORTER_CONFIG"
@@ -254,20 +258,27 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _reader(config: Config) -> Engine:
+    """A read-only engine with the config's timeouts, for one-off commands (gate, report, backfill)."""
+    from .source.database import reader_engine
+
+    settings = config.exporter
+    return reader_engine(
+        resolve_database_url(config),
+        statement_timeout=settings.statement_timeout,
+        connect_timeout=settings.connect_timeout,
+    )
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     from .gate import parse_version_selector, run_gate
-    from .source.database import reader_engine
 
     config = _load(args)
     stable = parse_version_selector("--reference", args.reference)
     canary = parse_version_selector("--current", args.current)
     if args.min_samples is not None and args.min_samples < 1:
         raise ConfigError(["--min-samples: must be at least 1"])
-    url = resolve_database_url(config)
-    settings = config.exporter
-    engine = reader_engine(
-        url, statement_timeout=settings.statement_timeout, connect_timeout=settings.connect_timeout
-    )
+    engine = _reader(config)
     try:
         with engine.connect() as connection:
             report = run_gate(
@@ -291,16 +302,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_monitor
     from .report import build_report, plan_report, to_json, to_text
     from .report_html import to_html
-    from .source.database import reader_engine
 
     config = _load(args)
     reference = parse_reference("--reference", args.reference) if args.reference else None
     monitor, at = plan_report(config, args.monitor, args.start, args.end, reference, _now())
-    url = resolve_database_url(config)
-    settings = config.exporter
-    engine = reader_engine(
-        url, statement_timeout=settings.statement_timeout, connect_timeout=settings.connect_timeout
-    )
+    engine = _reader(config)
     try:
         with engine.connect() as connection:
             result = evaluate_monitor(connection, config, monitor, at, use_rollup=False)
@@ -319,7 +325,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     from .backfill import backfill
-    from .source.database import reader_engine
 
     config = _load(args)
     if args.end < args.start:
@@ -331,11 +336,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         raise ConfigError(
             [f"--step: {steps} instants; use a longer step or a shorter span (at most 100,000)"]
         )
-    url = resolve_database_url(config)
-    settings = config.exporter
-    engine = reader_engine(
-        url, statement_timeout=settings.statement_timeout, connect_timeout=settings.connect_timeout
-    )
+    engine = _reader(config)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     try:
