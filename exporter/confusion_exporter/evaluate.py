@@ -14,7 +14,7 @@ from .snapshot import MonitorResult, SliceResult, WindowResult
 from .source.baselines import read_baseline
 from .source.counts import count_query, fetch_counts
 from .source.rollup import fetch_window_rows
-from .source.scores import WindowKey, fetch_confidence, fetch_threshold_matrices
+from .source.scores import ScoreScope, WindowKey, fetch_confidence, fetch_threshold_matrices
 from .stats.calibration import ConfidenceCounts, summarize
 from .stats.classification import classification_metrics
 from .stats.cost import cost_matrix, mean_cost, relative_increase
@@ -92,16 +92,11 @@ def evaluate_monitor(
     confidence: dict[WindowKey, ConfidenceCounts] = {}
     threshold_matrices: dict[WindowKey, tuple[ThresholdMatrix, ...]] = {}
     if source.columns.score is not None:
+        scope = ScoreScope(source, monitor, windows, now, settings.bucket, labels_as_of)
 
         def compute() -> ScoreAggregates:
-            at = {}
-            if monitor.decision_thresholds:
-                at = fetch_threshold_matrices(
-                    connection, source, monitor, windows, now, settings.bucket, labels_as_of
-                )
-            return fetch_confidence(
-                connection, source, monitor, windows, now, settings.bucket, labels_as_of
-            ), at
+            at = fetch_threshold_matrices(connection, scope) if monitor.decision_thresholds else {}
+            return fetch_confidence(connection, scope), at
 
         confidence, threshold_matrices = (
             score_cache.get(monitor.monitor_name, now, compute) if score_cache is not None else compute()

@@ -17,10 +17,10 @@ out (the count query already reports them as rejected).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -34,34 +34,55 @@ from .counts import ALL, arrived_label, source_table, window_columns
 WindowKey = tuple[SliceKey, str]  # (slice, window name)
 
 
+@dataclass(frozen=True)
+class ScoreScope:
+    """What both score queries are about: one monitor's windows as of ``now``."""
+
+    source: SourceConfig
+    monitor: MonitorConfig
+    windows: Sequence[Window]
+    now: datetime
+    bucket: timedelta
+    labels_as_of: datetime | None = None  # historical evaluations: labels arrived by then
+
+    def rows(
+        self, connection: Connection, query: sa.Select[tuple[object, ...]]
+    ) -> list[tuple[WindowKey, Any]]:
+        """Run a query grouped by (window, model, version, segment, ...) and key each row by
+        (slice, window name); rows outside the windows are dropped."""
+        size = int(self.bucket.total_seconds())
+        names = {int(w.start.timestamp()) // size: w.name for w in self.windows}
+        out = []
+        row: Any
+        for row in connection.execute(query):
+            name = names.get(int(row[0])) if row[0] is not None else None
+            if name is not None:
+                model, version, segment = (NULL if v is None else str(v) for v in row[1:4])
+                out.append(((SliceKey(model, version, segment), name), row[4:]))
+        return out
+
+
 class _Columns:
     """The mapped columns as SQL expressions, and the filter every score query shares."""
 
-    def __init__(
-        self,
-        source: SourceConfig,
-        monitor: MonitorConfig,
-        windows: Sequence[Window],
-        now: datetime,
-        bucket: timedelta,
-        labels_as_of: datetime | None = None,
-    ):
-        cols = source.columns
+    def __init__(self, scope: ScoreScope):
+        cols = scope.source.columns
         assert cols.score is not None
         score_column: str = cols.score
-        table = source_table(source)
+        table = source_table(scope.source)
 
         def text(name: str | None) -> sa.ColumnElement[str]:
             return sa.literal(ALL, sa.Text) if name is None else sa.cast(table.c[name], sa.Text)
 
         self.table = table
         predicted_at = table.c[cols.predicted_at]
-        is_future = predicted_at > sa.bindparam("future_after", now)
-        self.window_bucket, in_a_window = window_columns(predicted_at, windows, bucket, is_future)
+        is_future = predicted_at > sa.bindparam("future_after", scope.now)
+        self.window_bucket, in_a_window = window_columns(predicted_at, scope.windows, scope.bucket, is_future)
         self.slice = [text(cols.model), text(cols.version), text(cols.segment)]
         self.predicted = text(cols.predicted)
-        self.actual = arrived_label(table, cols.actual, cols.labeled_at, labels_as_of)
+        self.actual = arrived_label(table, cols.actual, cols.labeled_at, scope.labels_as_of)
         self.score = sa.cast(table.c[score_column], sa.Float)
+        self.valid = sa.and_(self.score >= 0, self.score <= 1)  # NaN >= 0 holds in Postgres, NaN <= 1 not
         self.filters = [
             in_a_window,
             sa.not_(is_future),
@@ -71,49 +92,44 @@ class _Columns:
             sa.func.btrim(self.predicted) != "",
             sa.func.btrim(self.actual) != "",
         ]
-        if monitor.model != "*":
-            self.filters.append(table.c[cols.model] == sa.bindparam("model", monitor.model))
+        if scope.monitor.model != "*":
+            self.filters.append(table.c[cols.model] == sa.bindparam("model", scope.monitor.model))
+
+    def grouped(
+        self, keys: list[sa.ColumnElement[Any]], aggregates: list[sa.ColumnElement[Any]], *filters: Any
+    ) -> sa.Select[tuple[object, ...]]:
+        """SELECT window, slice, ``keys``, ``aggregates`` ... GROUP BY the window, slice and keys."""
+        grouped = [self.window_bucket, *self.slice, *keys]
+        return (
+            sa.select(*grouped, *aggregates)
+            .select_from(self.table)
+            .where(*self.filters, *filters)
+            .group_by(*(sa.literal_column(str(i)) for i in range(1, len(grouped) + 1)))
+        )
 
 
-def confidence_query(
-    source: SourceConfig,
-    monitor: MonitorConfig,
-    windows: Sequence[Window],
-    now: datetime,
-    bucket: timedelta,
-    labels_as_of: datetime | None = None,
-) -> sa.Select[tuple[object, ...]]:
-    c = _Columns(source, monitor, windows, now, bucket, labels_as_of)
+def confidence_query(scope: ScoreScope) -> sa.Select[tuple[object, ...]]:
+    c, monitor = _Columns(scope), scope.monitor
     bins = monitor.calibration_bins
-    valid = sa.and_(c.score >= 0, c.score <= 1)  # NaN >= 0 holds in Postgres, NaN <= 1 does not
     score_bin = sa.case(
-        (valid, sa.func.least(sa.func.floor(c.score * bins), bins - 1)), else_=sa.literal(-1)
+        (c.valid, sa.func.least(sa.func.floor(c.score * bins), bins - 1)), else_=sa.literal(-1)
     ).cast(sa.Integer)
     correct = sa.case((c.predicted == c.actual, 1), else_=0)
-    grouped = [c.window_bucket, *c.slice, correct, score_bin]
-    return (
-        sa.select(
-            *grouped,
+    return c.grouped(
+        [correct, score_bin],
+        [
             sa.func.count(),
-            sa.func.coalesce(sa.func.sum(sa.case((valid, c.score), else_=0.0)), 0.0),
-            sa.func.count().filter(sa.and_(valid, c.score >= sa.bindparam("high", monitor.high_confidence))),
-        )
-        .select_from(c.table)
-        .where(*c.filters)
-        .group_by(*(sa.literal_column(str(i)) for i in range(1, len(grouped) + 1)))
+            sa.func.coalesce(sa.func.sum(sa.case((c.valid, c.score), else_=0.0)), 0.0),
+            sa.func.count().filter(
+                sa.and_(c.valid, c.score >= sa.bindparam("high", monitor.high_confidence))
+            ),
+        ],
     )
 
 
-def threshold_query(
-    source: SourceConfig,
-    monitor: MonitorConfig,
-    windows: Sequence[Window],
-    now: datetime,
-    bucket: timedelta,
-    labels_as_of: datetime | None = None,
-) -> sa.Select[tuple[object, ...]]:
+def threshold_query(scope: ScoreScope) -> sa.Select[tuple[object, ...]]:
+    c, monitor = _Columns(scope), scope.monitor
     assert monitor.classes is not None and monitor.positive_class is not None
-    c = _Columns(source, monitor, windows, now, bucket, labels_as_of)
     classes: sa.BindParameter[list[str]] = sa.bindparam("two_classes", list(monitor.classes), expanding=True)
     positive: sa.BindParameter[str] = sa.bindparam("positive", monitor.positive_class)
     probability = sa.case((c.predicted == positive, c.score), else_=1.0 - c.score)
@@ -121,96 +137,40 @@ def threshold_query(
         sa.func.count().filter(probability >= sa.bindparam(f"t{i}", t))
         for i, t in enumerate(monitor.decision_thresholds)
     ]
-    grouped = [c.window_bucket, *c.slice, c.actual]
-    return (
-        sa.select(*grouped, sa.func.count(), *reaching)
-        .select_from(c.table)
-        .where(*c.filters, c.score >= 0, c.score <= 1, c.predicted.in_(classes), c.actual.in_(classes))
-        .group_by(*(sa.literal_column(str(i)) for i in range(1, len(grouped) + 1)))
+    return c.grouped(
+        [c.actual], [sa.func.count(), *reaching], c.valid, c.predicted.in_(classes), c.actual.in_(classes)
     )
 
 
-def _keys(row: Sequence[Any], windows: Sequence[Window], bucket: timedelta) -> WindowKey | None:
-    size = int(bucket.total_seconds())
-    name = next((w.name for w in windows if int(w.start.timestamp()) // size == row[0]), None)
-    if name is None:
-        return None
-    model, version, segment = (NULL if v is None else str(v) for v in row[1:4])
-    return SliceKey(model, version, segment), name
-
-
-def fetch_confidence(
-    connection: Connection,
-    source: SourceConfig,
-    monitor: MonitorConfig,
-    windows: Sequence[Window],
-    now: datetime,
-    bucket: timedelta,
-    labels_as_of: datetime | None = None,
-) -> dict[WindowKey, ConfidenceCounts]:
+def fetch_confidence(connection: Connection, scope: ScoreScope) -> dict[WindowKey, ConfidenceCounts]:
     """Confidence aggregates per (slice, window) with scored, labeled predictions."""
+    monitor = scope.monitor
     bins = monitor.calibration_bins
-    parts: dict[WindowKey, dict[str, Any]] = {}
-    rows: list[Sequence[Any]] = list(
-        connection.execute(confidence_query(source, monitor, windows, now, bucket, labels_as_of))
-    )
-    for row in rows:
-        key = _keys(row, windows, bucket)
-        if key is None:
-            continue
-        part = parts.setdefault(
-            key,
-            {
-                "n": np.zeros((2, bins), np.int64),
-                "sum": np.zeros((2, bins)),
-                "high": np.zeros(2, np.int64),
-                "bad": 0,
-            },
-        )
-        correct, score_bin, n, score_sum, high = (
-            int(row[4]),
-            int(row[5]),
-            int(row[6]),
-            float(row[7]),
-            int(row[8]),
-        )
+    out: dict[WindowKey, ConfidenceCounts] = {}
+    for key, (correct, score_bin, n, score_sum, high) in scope.rows(connection, confidence_query(scope)):
+        counts = out.setdefault(key, ConfidenceCounts.empty(bins, monitor.high_confidence))
         if score_bin < 0:
-            part["bad"] += n
+            out[key] = replace(counts, invalid=counts.invalid + int(n))
             continue
-        part["n"][correct, score_bin] += n
-        part["sum"][correct, score_bin] += score_sum
-        part["high"][correct] += high
-    return {
-        key: ConfidenceCounts(bins, p["n"], p["sum"], p["high"], monitor.high_confidence, p["bad"])
-        for key, p in parts.items()
-    }
+        counts.n[int(correct), int(score_bin)] += int(n)
+        counts.score_sum[int(correct), int(score_bin)] += float(score_sum)
+        counts.high[int(correct)] += int(high)
+    return out
 
 
 def fetch_threshold_matrices(
-    connection: Connection,
-    source: SourceConfig,
-    monitor: MonitorConfig,
-    windows: Sequence[Window],
-    now: datetime,
-    bucket: timedelta,
-    labels_as_of: datetime | None = None,
+    connection: Connection, scope: ScoreScope
 ) -> dict[WindowKey, tuple[ThresholdMatrix, ...]]:
     """Matrices at each decision threshold per (slice, window), for a two-class monitor."""
+    monitor = scope.monitor
     assert monitor.classes is not None and monitor.positive_class is not None
     negative = next(c for c in monitor.classes if c != monitor.positive_class)
     scored: dict[WindowKey, dict[str, int]] = {}
     reaching: dict[WindowKey, dict[str, dict[float, int]]] = {}
-    rows: list[Sequence[Any]] = list(
-        connection.execute(threshold_query(source, monitor, windows, now, bucket, labels_as_of))
-    )
-    for row in rows:
-        key = _keys(row, windows, bucket)
-        if key is None:
-            continue
-        true_class = str(row[4])
-        scored.setdefault(key, {})[true_class] = int(row[5])
-        reaching.setdefault(key, {})[true_class] = {
-            t: int(k) for t, k in zip(monitor.decision_thresholds, row[6:], strict=True)
+    for key, (true_class, n, *at) in scope.rows(connection, threshold_query(scope)):
+        scored.setdefault(key, {})[str(true_class)] = int(n)
+        reaching.setdefault(key, {})[str(true_class)] = {
+            t: int(k) for t, k in zip(monitor.decision_thresholds, at, strict=True)
         }
     return {
         key: threshold_matrices(negative, monitor.positive_class, scored[key], reaching[key])
