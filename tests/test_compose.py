@@ -210,3 +210,52 @@ def test_the_exporter_and_its_health_check_read_the_mounted_config():
     from confusion_exporter.config import load_config
 
     assert load_config(ROOT / mounts[path], env={}).monitors
+
+
+def _image_healthcheck_probes_the_exporter() -> bool:
+    dockerfile = (ROOT / "exporter" / "Dockerfile").read_text()
+    return bool(
+        re.search(r"^HEALTHCHECK .*\"confusion-exporter\", \"healthcheck\"\]", dockerfile, re.M | re.S)
+    )
+
+
+def test_every_long_running_service_has_a_health_check_that_fits_what_it_runs():
+    """A service that keeps running must report its health; a service on our image that does not
+    serve the exporter's port (the simulator) must not inherit the image's check, which probes it."""
+    services = load(ROOT / "docker-compose.yml", {})["services"]
+    assert _image_healthcheck_probes_the_exporter()
+    for name, service in services.items():
+        if service.get("restart") == "no":
+            continue  # one-shot jobs: their completion is the condition others wait on
+        own = service.get("healthcheck")
+        runs_the_exporter = "build" in service and service.get("command", ["run"])[0] == "run"
+        if runs_the_exporter:
+            assert own is None or own.get("test", [""])[1:3] == ["confusion-exporter", "healthcheck"], name
+            continue
+        assert own and not own.get("disable"), f"{name} runs for ever without a health check"
+        assert own["test"][0] in ("CMD", "CMD-SHELL"), name
+        if "build" in service:
+            assert own["test"][1:3] == ["confusion-exporter", "healthcheck"], name
+            assert "--heartbeat" in own["test"], f"{name} would probe an exporter port it does not serve"
+
+
+def test_the_simulators_health_check_follows_its_heartbeat(cli, database_url, tmp_path):
+    """The compose file's own simulator command and health check, run for real (other paths)."""
+    import time
+
+    from .conftest import run_cli
+
+    simulator = load(ROOT / "docker-compose.yml", {})["services"]["simulator"]
+    heartbeat = tmp_path / "sim.heartbeat"
+    command = [str(heartbeat) if a.endswith(".heartbeat") else a for a in simulator["command"]]
+    command = [a for a in command if a not in ("--history", "3h", "--shift-after", "3m")]
+    check = [str(heartbeat) if a.endswith(".heartbeat") else a for a in simulator["healthcheck"]["test"][2:]]
+    assert run_cli(cli, *check).returncode == 1, "healthy before the simulator wrote anything"
+    wrote = run_cli(cli, *command, "--duration", "3s", "--tick", "1s", env={"DATABASE_URL": database_url})
+    assert wrote.returncode == 0, wrote.stderr[-2000:]
+    healthy = run_cli(cli, *check)
+    assert healthy.returncode == 0, healthy.stderr
+    stale = time.time() - 120
+    os.utime(heartbeat, (stale, stale))
+    unhealthy = run_cli(cli, *check)
+    assert unhealthy.returncode == 1 and "last heartbeat" in unhealthy.stderr

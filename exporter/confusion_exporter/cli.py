@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated models whose error pattern shifts",
     )
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--heartbeat-file",
+        default=None,
+        help="touch this file after every write (for `healthcheck --heartbeat`)",
+    )
 
     baseline = sub.add_parser("baseline", help="pinned baselines for monitors with reference kind 'baseline'")
     baseline_sub = baseline.add_subparsers(dest="baseline_command", required=True)
@@ -201,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 if the running exporter (this config's port, http or https) answers /healthz",
     )
     _config_arg(health)
+    health.add_argument(
+        "--heartbeat",
+        metavar="FILE",
+        default=None,
+        help="instead: exit 0 if FILE was touched within --max-age (the simulator's container)",
+    )
+    health.add_argument(
+        "--max-age", type=_duration, default=timedelta(seconds=60), help="with --heartbeat (60s)"
+    )
 
     sub.add_parser(
         "hash-password", help="read a password on standard input, print its bcrypt hash for basic_auth_users"
@@ -358,6 +372,9 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     import urllib.request
 
     from .config import ExporterSettings, _env_overrides
+
+    if args.heartbeat is not None:
+        return _heartbeat_health(Path(args.heartbeat), args.max_age)
     from .webconfig import load_web_config
 
     settings = (
@@ -377,6 +394,21 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
         print(f"unhealthy: {url}: {error}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _heartbeat_health(path: Path, max_age: timedelta) -> int:
+    """A process that writes instead of serving is healthy while it keeps touching its file."""
+    import time
+
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError as error:
+        print(f"unhealthy: no heartbeat at {path}: {error.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    if age > max_age.total_seconds():
+        print(f"unhealthy: last heartbeat {age:.0f}s ago (limit {format_duration(max_age)})", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
@@ -562,7 +594,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     engine = admin_engine(url)
     try:
-        simulator = Simulator(engine, settings)
+        heartbeat = Path(args.heartbeat_file) if args.heartbeat_file else None
+        simulator = Simulator(engine, settings, heartbeat=heartbeat)
     except ValueError as exc:
         print(f"--models: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,7 +106,7 @@ class _PendingLabel:
 class Simulator:
     """Generates traffic for spans of time and writes it; labels wait until they are due."""
 
-    def __init__(self, engine: Engine, settings: SimulationSettings):
+    def __init__(self, engine: Engine, settings: SimulationSettings, heartbeat: Path | None = None):
         profiles = default_profiles()
         unknown = [m for m in settings.models if m not in profiles]
         if unknown:
@@ -117,6 +118,8 @@ class Simulator:
         self.pending: list[_PendingLabel] = []
         self.written_predictions = 0
         self.written_labels = 0
+        # Touched after every committed write: the container's health check reads its age.
+        self.heartbeat = heartbeat
 
     def _choice(self, options: tuple[tuple[str, float], ...], n: int) -> NDArray[Any]:
         names = np.array([o[0] for o in options])
@@ -195,6 +198,8 @@ class Simulator:
                 )
             insert_labels(connection, due)
             self.written_labels += len(due)
+        if self.heartbeat is not None:
+            self.heartbeat.touch()
 
     def backfill(self, start: datetime, end: datetime, step: timedelta = timedelta(minutes=10)) -> None:
         """Write history from ``start`` to ``end`` in steps, as if it had been live."""
