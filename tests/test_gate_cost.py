@@ -5,6 +5,7 @@ the exporter exports the bound the alert reads. Real rows in PostgreSQL, the rea
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ def test_a_canary_with_expensive_errors_still_fails_on_cost(cli, tmp_path, admin
     assert any("mean error cost" in r and "(limit +15%;" in r for r in segment["reasons"])
 
 
-def test_the_exporter_exports_the_bound_the_alert_reads(exporter_url, canaries):
+def test_the_exporter_exports_the_bound_the_alert_reads(exporter_url, canaries, promtool):
     config = make_config(
         canaries,
         model="fraud",
@@ -75,7 +76,10 @@ def test_the_exporter_exports_the_bound_the_alert_reads(exporter_url, canaries):
     )
     snapshot = snapshot_at(config, exporter_url)
     (monitor,) = snapshot.monitors.values()
-    parsed = samples(render(SnapshotCollector(snapshot)))
+    exposition = render(SnapshotCollector(snapshot))
+    lint = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    parsed = samples(exposition)
     by_version = {s.key.version: s for s in monitor.slices}
     twin = by_version["twin"]
     stable = by_version["stable"]
