@@ -42,7 +42,7 @@ def test_an_identical_canary_whose_cost_rose_by_chance_passes(cli, tmp_path, exp
     assert segment["cost_increase"] > 0.4
     assert segment["cost_p_value"] >= 0.001 / 2
     assert segment["cost_increase_lower_bound"] < 0.15
-    assert any("within noise of the limit +15%" in reason for reason in segment["reasons"])
+    assert any("above the limit +15% within noise" in reason for reason in segment["reasons"])
     text = gate(cli, tmp_path, exporter_url, canaries, "twin")
     assert text.returncode == 0 and text.stdout.startswith("gate PASS")
     assert "99.95% confidence" in text.stdout  # the cost rule at alpha / 2

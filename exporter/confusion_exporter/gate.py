@@ -186,7 +186,10 @@ def cost_reason(
     bound = f"at least {result.cost_increase_lower_bound:+.1%} with {1 - alpha:.2%} confidence"
     if p < alpha:
         return f"{head} (limit +{limit:.0%}; {bound}, p = {p:.2g} < alpha {alpha:g})", True
-    return f"{head}, within noise of the limit +{limit:.0%} ({bound}, p = {p:.2g})", False
+    if math.isfinite(increase) and increase <= limit:
+        return f"{head}, within the limit +{limit:.0%} ({bound})", False
+    noise = f"{bound}, p = {p:.2g} >= alpha {alpha:g}"
+    return f"{head}: above the limit +{limit:.0%} within noise ({noise})", False
 
 
 def run_gate(
