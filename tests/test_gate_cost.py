@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ import pytest
 from confusion_exporter.exposition import SnapshotCollector, render
 from confusion_exporter.stats.cost import cost_increase_test, cost_matrix
 
-from .helpers import create_scored_events, insert_rows, make_config, snapshot_at
+from .conftest import run_cli
+from .helpers import NOW, create_scored_events, insert_rows, make_config, snapshot_at
 from .processes import samples
 from .test_gate import STABLE_ERRORS, gate, traffic
 
@@ -100,3 +102,33 @@ def test_the_exporter_exports_the_bound_the_alert_reads(exporter_url, canaries, 
     assert exported["confusion_error_cost_increase_ratio"] == pytest.approx(expected.increase)
     assert exported["confusion_error_cost_increase_lower_bound_ratio"] == pytest.approx(expected.lower_bound)
     assert expected.increase > 0.15 > expected.lower_bound  # the alert would have fired on the raw ratio
+
+
+def test_the_report_shows_the_bound_beside_the_raw_change(cli, tmp_path, exporter_url, canaries):
+    config = gate(cli, tmp_path, exporter_url, canaries, "twin").args  # writes the gate's config
+    path = config[config.index("--config") + 1]
+    outputs = {}
+    for fmt in ("json", "html"):
+        result = run_cli(
+            cli,
+            "report",
+            "--config",
+            path,
+            "--monitor",
+            "fraud",
+            "--reference",
+            "version:stable",
+            "--from",
+            (NOW - timedelta(hours=1)).isoformat(),
+            "--to",
+            NOW.isoformat(),
+            "--format",
+            fmt,
+            env={"DATABASE_URL": exporter_url},
+        )
+        assert result.returncode == 0, result.stderr
+        outputs[fmt] = result.stdout
+    (twin,) = (s for s in json.loads(outputs["json"])["slices"] if s["version"] == "twin")
+    cost = twin["cost"]
+    assert cost["increase"] > 0.4 and cost["increase_lower_bound"] < cost["max_increase"] == 0.15
+    assert f"at least {cost['increase_lower_bound']:.1%} with 99.90% confidence" in outputs["html"]

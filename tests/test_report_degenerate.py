@@ -25,12 +25,13 @@ def degenerate_rows(now: datetime) -> list[Row]:
     for ts in (current_ts, reference_ts):
         for i in range(60):
             truth = "ab"[i % 2]
-            rows.append(Row("m", "v1", ts, truth if i % 7 else "ab"[(i + 1) % 2], truth))
+            score = 0.5 + (i % 5) / 10
+            rows.append(Row("m", "v1", ts, truth if i % 7 else "ab"[(i + 1) % 2], truth, score=score))
             # every row of "rejected" is a bad row: no predicted class, or a blank one
-            rows.append(Row("m", "rejected", ts, None if i % 2 else " ", "a"))
-            rows.append(Row("m", "one_class", ts, "a", "a"))
-            rows.append(Row("m", "unlabeled", ts, "ab"[i % 2], None))
-        rows.append(Row("m", "reference_only", reference_ts, "a", "b"))
+            rows.append(Row("m", "rejected", ts, None if i % 2 else " ", "a", score=score))
+            rows.append(Row("m", "one_class", ts, "a", "a", score=score))
+            rows.append(Row("m", "unlabeled", ts, "ab"[i % 2], None, score=score))
+        rows.append(Row("m", "reference_only", reference_ts, "a", "b", score=0.7))
     return rows
 
 
@@ -55,6 +56,7 @@ REFERENCES = [
     {"kind": "trailing", "length": "3h"},
     {"kind": "version", "version": "v1"},  # the all-rejected slice compared with a good version
     {"kind": "version", "version": "rejected"},  # a good version compared with the all-rejected one
+    {"kind": "version", "version": "absent"},  # a reference version without a single row
 ]
 
 

@@ -267,6 +267,9 @@ def _slice(
             "reference": _num(reference_result.cost) if reference_result else None,
             "difference": _num(result.cost_difference),
             "increase": _num(result.cost_increase),
+            # one-sided 1 - alpha; above max_cost_increase only when the rise is beyond noise
+            "increase_lower_bound": _num(result.cost_increase_lower_bound),
+            "max_increase": float(monitor.thresholds["max_cost_increase"]),
         },
         "thresholds": [
             {

@@ -187,9 +187,15 @@ def _slice_html(report: dict[str, Any], entry: dict[str, Any]) -> str:
                 + "</div>"
             )
     cost = entry["cost"]
+    bound = ""
+    if cost["increase_lower_bound"] is not None:
+        bound = (
+            f"; at least {_pct(cost['increase_lower_bound'])} with {1 - report['alpha']:.2%} confidence, "
+            f"against the limit +{cost['max_increase']:.0%}"
+        )
     parts.append(
         f"<h3>Cost of errors</h3><p>{_f(cost['current'], '.4g')} per labeled prediction "
-        f"(reference {_f(cost['reference'], '.4g')}, change {_pct(cost['increase'])}).</p>"
+        f"(reference {_f(cost['reference'], '.4g')}, change {_pct(cost['increase'])}{bound}).</p>"
     )
     for at in entry["thresholds"]:
         name = f"threshold {at['threshold']:g}"
