@@ -17,7 +17,7 @@ from .source.rollup import fetch_window_rows
 from .source.scores import ScoreScope, WindowKey, fetch_confidence, fetch_threshold_matrices
 from .stats.calibration import ConfidenceCounts, summarize
 from .stats.classification import classification_metrics
-from .stats.cost import cost_matrix, mean_cost, relative_increase
+from .stats.cost import cost_increase_test, cost_matrix, mean_cost, relative_increase
 from .stats.shift import ShiftParameters, ShiftReport, missing_reference_report, shift_report
 from .stats.thresholds import ThresholdMatrix
 from .windows import CURRENT, REFERENCE, monitor_windows
@@ -116,11 +116,15 @@ def evaluate_monitor(
             )
         compared = _reference_counts(key, by_window, slices, monitor)
         difference, increase = float("nan"), float("nan")
+        cost_test = None
         if compared is not None:
             ref, cur = align(compared, by_window[CURRENT])
             costs = cost_matrix(cur.classes, monitor.cost_matrix)
             ref_cost, cur_cost = mean_cost(ref.matrix, costs), mean_cost(cur.matrix, costs)
             difference, increase = cur_cost - ref_cost, relative_increase(cur_cost, ref_cost)
+            cost_test = cost_increase_test(
+                ref.matrix, cur.matrix, costs, monitor.max_cost_increase, monitor.alpha
+            )
         results.append(
             SliceResult(
                 key=key,
@@ -128,6 +132,8 @@ def evaluate_monitor(
                 shift=_shift(key, by_window, slices, monitor, params),
                 cost_difference=difference,
                 cost_increase=increase,
+                cost_increase_p_value=cost_test.p_value if cost_test else float("nan"),
+                cost_increase_lower_bound=cost_test.lower_bound if cost_test else float("nan"),
             )
         )
     classes = sorted({c for r in results for w in r.windows.values() for c in w.counts.classes})

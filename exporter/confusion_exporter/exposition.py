@@ -73,6 +73,7 @@ class SnapshotCollector(Collector):
                     g.add_window_extras([*base, name], window)
                 g.cost_difference.add_metric(base, result.cost_difference)
                 g.cost_increase.add_metric(base, result.cost_increase)
+                g.cost_increase_lower_bound.add_metric(base, result.cost_increase_lower_bound)
                 if result.shift is not None:
                     g.add_shift(base, result.shift)
         yield from g.all()
@@ -208,6 +209,13 @@ class _Families:
             "confusion_error_cost_increase_ratio",
             "Relative change of the mean error cost, (current - reference) / reference (NaN: no reference "
             "cost)." + CACHED,
+            labels=SLICE_LABELS,
+        )
+        self.cost_increase_lower_bound = gauge(
+            "confusion_error_cost_increase_lower_bound_ratio",
+            "One-sided 1 - alpha lower confidence bound of the relative change of the mean error cost "
+            "(Welch); above confusion_error_cost_max_increase_ratio only when the rise is beyond noise "
+            "(NaN: fewer than 2 labeled predictions in a window)." + CACHED,
             labels=SLICE_LABELS,
         )
         self.scored = gauge(

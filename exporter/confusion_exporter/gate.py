@@ -1,10 +1,12 @@
 """Deployment gate: a canary version against the stable one, over the same window.
 
 The canary fails when its error pattern differs from the stable version's (the monitor's
-``error_pattern`` test decides, with its alpha and minimum effect) or when its mean error
-cost exceeds the stable version's by more than ``max_cost_increase``. It waits (exit 3)
-while either version has fewer labeled predictions than the minimum. Each segment is judged
-on its own; one failing segment fails the gate.
+``error_pattern`` test decides, with its minimum effect) or when its mean error cost exceeds
+the stable version's by more than ``max_cost_increase`` beyond noise (a one-sided Welch test,
+stats.cost). The two rules share the monitor's alpha (Bonferroni: alpha / 2 each), so an
+identical canary fails at most at rate alpha. It waits (exit 3) while either version has
+fewer labeled predictions than the minimum. Each segment is judged on its own; one failing
+segment fails the gate.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from sqlalchemy.engine import Connection
 from .config import Config, ConfigError, MonitorConfig, VersionReference
 from .evaluate import evaluate_monitor
 from .matrices import NULL
-from .snapshot import SliceResult
+from .snapshot import SliceResult, WindowResult
 from .source.counts import ALL
 from .stats.shift import ERROR_PATTERN, SHIFT
 from .windows import CURRENT
 
 PASS, FAIL, WAIT = "pass", "fail", "insufficient_data"
+RULES = 2  # the error-pattern rule and the cost rule: each decides at alpha / RULES
 EXIT_CODES = {PASS: 0, FAIL: 1, WAIT: 3}
 
 
@@ -41,6 +44,9 @@ class SegmentVerdict:
     canary_cost: float
     p_value: float
     effect_size: float
+    cost_increase: float = float("nan")
+    cost_p_value: float = float("nan")  # of "the increase is at most max_cost_increase"
+    cost_increase_lower_bound: float = float("nan")  # at 1 - alpha / RULES
 
 
 @dataclass(frozen=True)
@@ -93,11 +99,15 @@ def parse_version_selector(flag: str, value: str) -> str:
 
 
 def gate_monitor(config: Config, name: str, stable: str, window: timedelta | None) -> MonitorConfig:
-    """The monitor as configured, compared against the stable version over ``window``."""
+    """The monitor as configured, compared against the stable version over ``window``, each
+    rule at alpha / RULES."""
     monitor = config.monitor(name)
     if monitor.model == "*":
         raise ConfigError([f"--monitor: {name!r} watches every model ('*'); gate a monitor of one model"])
-    update: dict[str, object] = {"reference": VersionReference(kind="version", version=stable)}
+    update: dict[str, object] = {
+        "reference": VersionReference(kind="version", version=stable),
+        "alpha": monitor.alpha / RULES,
+    }
     if window is not None:
         update["window"] = window
     return monitor.model_copy(update=update)
@@ -139,20 +149,10 @@ def judge(
                 f"error pattern consistent with stable: p = {test.p_value:.2g}, "
                 f"effect size {test.effect_size:.3f}"
             )
-        increase = result.cost_increase
-        if math.isfinite(increase) and increase > monitor.max_cost_increase:
+        reason, cost_fails = cost_reason(result, canary_window.cost, stable_window, monitor)
+        reasons.append(reason)
+        if cost_fails:
             verdict = FAIL
-            reasons.append(
-                f"mean error cost {canary_window.cost:.4g} per prediction is {increase:+.1%} against stable "
-                f"{stable_window.cost if stable_window else float('nan'):.4g} "
-                f"(limit +{monitor.max_cost_increase:.0%})"
-            )
-        else:
-            reasons.append(
-                f"mean error cost {canary_window.cost:.4g} per prediction against stable "
-                f"{stable_window.cost if stable_window else float('nan'):.4g}"
-                + (f" ({increase:+.1%})" if math.isfinite(increase) else "")
-            )
     return SegmentVerdict(
         segment=result.key.segment,
         verdict=verdict,
@@ -165,7 +165,31 @@ def judge(
         canary_cost=canary_window.cost,
         p_value=test.p_value if test else float("nan"),
         effect_size=test.effect_size if test else float("nan"),
+        cost_increase=result.cost_increase,
+        cost_p_value=result.cost_increase_p_value,
+        cost_increase_lower_bound=result.cost_increase_lower_bound,
     )
+
+
+def cost_reason(
+    result: SliceResult, canary_cost: float, stable_window: WindowResult | None, monitor: MonitorConfig
+) -> tuple[str, bool]:
+    """The cost rule's sentence, and whether it fails the canary: the rise above the limit
+    must be beyond noise (p < alpha), not only in the point estimate."""
+    stable_cost = stable_window.cost if stable_window else float("nan")
+    increase, p = result.cost_increase, result.cost_increase_p_value
+    limit, alpha = monitor.max_cost_increase, monitor.alpha
+    change = f"{increase:+.1%}" if math.isfinite(increase) else "up from none" if canary_cost > 0 else "none"
+    head = f"mean error cost {canary_cost:.4g} per prediction is {change} against stable {stable_cost:.4g}"
+    if not math.isfinite(p):
+        return head + " (too few labeled predictions to test)", False
+    bound = f"at least {result.cost_increase_lower_bound:+.1%} with {1 - alpha:.2%} confidence"
+    if p < alpha:
+        return f"{head} (limit +{limit:.0%}; {bound}, p = {p:.2g} < alpha {alpha:g})", True
+    if math.isfinite(increase) and increase <= limit:
+        return f"{head}, within the limit +{limit:.0%} ({bound})", False
+    noise = f"{bound}, p = {p:.2g} >= alpha {alpha:g}"
+    return f"{head}: above the limit +{limit:.0%} within noise ({noise})", False
 
 
 def run_gate(

@@ -63,6 +63,7 @@ def plan_report(
 
 CONFUSED_PAIRS = 10
 OVERALL = ("accuracy", "macro_f1", "balanced_accuracy")
+COUNTS = ("labeled", "unlabeled", "rejected")
 
 
 def _num(value: float) -> float | None:
@@ -92,6 +93,8 @@ def _overall(window: WindowCounts | None) -> dict[str, Any] | None:
     return {
         "labeled": window.labeled_total,
         "unlabeled": window.unlabeled_total,
+        # A slice whose rows were all rejected has no classes: this says why it is empty.
+        "rejected": sum(window.rejected.values()),
         **{name: _num(getattr(metrics, name)) for name in OVERALL},
     }
 
@@ -264,6 +267,9 @@ def _slice(
             "reference": _num(reference_result.cost) if reference_result else None,
             "difference": _num(result.cost_difference),
             "increase": _num(result.cost_increase),
+            # one-sided 1 - alpha; above max_cost_increase only when the rise is beyond noise
+            "increase_lower_bound": _num(result.cost_increase_lower_bound),
+            "max_increase": float(monitor.thresholds["max_cost_increase"]),
         },
         "thresholds": [
             {
@@ -357,7 +363,7 @@ def to_text(report: dict[str, Any]) -> str:
         out += ["", f"== {slice_title(entry)} ==", headline(entry), ""]
         o = entry["overall"]
         out.append(f"{'':20}{'current':>10}{'reference':>11}{'change':>9}")
-        for key in ("labeled", "unlabeled"):
+        for key in COUNTS:
             ref = o["reference"][key] if o["reference"] else None
             out.append(f"{key:20}{o['current'][key]:>10}{'n/a' if ref is None else ref:>11}")
         for key in OVERALL:
@@ -435,7 +441,9 @@ def matrix_share(matrix: list[list[int]] | None) -> np.ndarray | None:
     """Row shares of a matrix (for colouring), NaN rows where a class has no examples."""
     if matrix is None:
         return None
-    m = np.asarray(matrix, dtype=np.float64)
+    # K x K even at K = 0: numpy reads [] as a 1-D array, which has no rows to total.
+    k = len(matrix)
+    m = np.asarray(matrix, dtype=np.float64).reshape(k, k)
     totals = m.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(totals > 0, m / totals, np.nan)

@@ -8,7 +8,7 @@ import math
 from html import escape
 from typing import Any
 
-from .report import OVERALL, _f, _pct, generated_at, headline, matrix_share, slice_title
+from .report import COUNTS, OVERALL, _f, _pct, generated_at, headline, matrix_share, slice_title
 from .windows import CURRENT, REFERENCE
 
 STYLE = """
@@ -33,6 +33,9 @@ def _cell_colour(share: float, diagonal: bool) -> str:
 def _matrix_table(name: str, classes: list[str], matrix: list[list[int]] | None, title: str = "") -> str:
     if matrix is None:
         return ""
+    heading = f"<h3>{escape(title or name + ' window')} (rows: true class, columns: predicted)</h3>"
+    if not classes:  # every row of the window was rejected, or it had none
+        return f'<div>{heading}<p class="muted" data-window="{name}">no labeled predictions</p></div>'
     shares = matrix_share(matrix)
     assert shares is not None
     head = "".join(f"<th>{escape(c)}</th>" for c in classes)
@@ -47,7 +50,7 @@ def _matrix_table(name: str, classes: list[str], matrix: list[list[int]] | None,
         )
         rows.append(f'<tr><th class="name">{escape(true_class)}</th>{cells}</tr>')
     return (
-        f"<div><h3>{escape(title or name + ' window')} (rows: true class, columns: predicted)</h3>"
+        f"<div>{heading}"
         f'<table class="matrix" data-window="{name}"><tr><th class="name">true \\ predicted</th>{head}</tr>'
         + "".join(rows)
         + "</table></div>"
@@ -99,11 +102,11 @@ def _slice_html(report: dict[str, Any], entry: dict[str, Any]) -> str:
     ]
     o = entry["overall"]
     rows = []
-    for key in ("labeled", "unlabeled", *OVERALL):
+    for key in (*COUNTS, *OVERALL):
         now = o["current"][key]
         ref = o["reference"][key] if o["reference"] else None
         diff = o["difference"].get(key) if o["difference"] else None
-        fmt = (lambda v: "n/a" if v is None else str(v)) if key in ("labeled", "unlabeled") else _f
+        fmt = (lambda v: "n/a" if v is None else str(v)) if key in COUNTS else _f
         rows.append(
             f'<tr data-metric="{key}"><td class="name">{key}</td><td>{fmt(now)}</td><td>{fmt(ref)}</td>'
             f"<td>{_f(diff, '+.3f') if key in OVERALL else ''}</td></tr>"
@@ -184,9 +187,15 @@ def _slice_html(report: dict[str, Any], entry: dict[str, Any]) -> str:
                 + "</div>"
             )
     cost = entry["cost"]
+    bound = ""
+    if cost["increase_lower_bound"] is not None:
+        bound = (
+            f"; at least {_pct(cost['increase_lower_bound'])} with {1 - report['alpha']:.2%} confidence, "
+            f"against the limit +{cost['max_increase']:.0%}"
+        )
     parts.append(
         f"<h3>Cost of errors</h3><p>{_f(cost['current'], '.4g')} per labeled prediction "
-        f"(reference {_f(cost['reference'], '.4g')}, change {_pct(cost['increase'])}).</p>"
+        f"(reference {_f(cost['reference'], '.4g')}, change {_pct(cost['increase'])}{bound}).</p>"
     )
     for at in entry["thresholds"]:
         name = f"threshold {at['threshold']:g}"

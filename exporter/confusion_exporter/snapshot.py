@@ -34,6 +34,10 @@ class SliceResult:
     shift: ShiftReport | None = None  # None where the slice has no reference to compare with
     cost_difference: float = float("nan")  # current minus reference mean cost
     cost_increase: float = float("nan")  # relative: difference / reference cost
+    # One-sided, of "the increase is at most max_cost_increase" (stats.cost.cost_increase_test)
+    cost_increase_p_value: float = float("nan")
+    # The increase's lower confidence bound at 1 - alpha: above max_cost_increase beyond noise
+    cost_increase_lower_bound: float = float("nan")
 
 
 @dataclass(frozen=True)

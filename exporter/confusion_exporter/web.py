@@ -262,7 +262,12 @@ def make_server(
                 query = parse_qs(url.query)
                 monitor = query.get("monitor", [""])[0]
                 fmt = query.get("format", ["html"])[0]
-                page = reports.get(published(), monitor, fmt) if fmt in ("html", "json") else None
+                try:
+                    page = reports.get(published(), monitor, fmt) if fmt in ("html", "json") else None
+                except Exception as error:  # a renderer's bug: a status and a line, not a dropped connection
+                    log.error("report of monitor %r failed: %s: %s", monitor, type(error).__name__, error)
+                    self._send(500, "text/plain; charset=utf-8", b"the report could not be rendered\n")
+                    return
                 if page is None:
                     self._send(
                         404, "text/plain; charset=utf-8", b"no such monitor in the snapshot (or format)\n"

@@ -195,7 +195,8 @@ def build() -> dash.Dashboard:
     cost = timeseries_panel(
         "Cost of errors per labeled prediction",
         "Mean cost of the window's errors (the monitor's cost_matrix; without one every error costs 1, so "
-        "this is the error rate). The alert compares current against reference with max_cost_increase.",
+        "this is the error rate). The alert fires when the lower confidence bound of the increase over the "
+        "reference (confusion_error_cost_increase_lower_bound_ratio) exceeds max_cost_increase.",
         "none",
         query(f"confusion_error_cost_per_prediction{{{SLICE}}}", legend="{{window}}"),
         span=8,

@@ -1,4 +1,5 @@
-"""Simulated classifiers and window pairs, to measure the shift tests' false alarms and power.
+"""Simulated classifiers and window pairs, to measure the shift tests' and the gate's false
+alarms and power.
 
 Pure numpy: used by ``benchmarks/shift_simulation.py`` (the tables in docs/statistics.md)
 and by the test suite (the same study at a size that fits ``make test``).
@@ -118,13 +119,71 @@ def error_pattern_rates(
     return Rates(pairs, shifted / pairs, significant / pairs, naive / pairs, monte_carlo / pairs)
 
 
+def scaled_errors(model: Classifier, factor: float) -> Classifier:
+    """The same model with every error ``factor`` times as likely: with a zero-cost diagonal,
+    its mean error cost is exactly ``factor`` times the model's."""
+    confusion = model.confusion * factor
+    np.fill_diagonal(confusion, 0.0)
+    np.fill_diagonal(confusion, 1 - confusion.sum(axis=1))
+    if (np.diag(confusion) < 0).any():
+        raise ValueError(f"errors {factor} times as likely exceed probability 1")
+    return Classifier(model.priors, confusion)
+
+
+@dataclass(frozen=True)
+class GateRates:
+    """Share of simulated (stable, canary) pairs each rule of the deployment gate fails."""
+
+    pairs: int
+    raw_cost: float  # the point estimate alone above the limit (the rule before the test)
+    cost: float  # the cost rule: p < alpha / 2
+    error_pattern: float  # the error-pattern decision at alpha / 2
+    gate: float  # either rule
+
+
+def gate_rates(
+    stable: Classifier,
+    canary: Classifier,
+    cost: Matrix,
+    n: int,
+    limit: float,
+    params: ShiftParameters,
+    pairs: int,
+    seed: int,
+    rules: int = 2,
+) -> GateRates:
+    """The gate's two rules on ``pairs`` independent windows of ``n`` labeled predictions each,
+    each rule at ``params.alpha / rules`` (Bonferroni), as ``gate`` runs them."""
+    from dataclasses import replace
+
+    from .cost import cost_increase_test
+
+    split = replace(params, alpha=params.alpha / rules)
+    rng = np.random.default_rng(seed)
+    classes = tuple(str(i) for i in range(len(stable.priors)))
+    raw = failed_cost = failed_pattern = failed = 0
+    for _ in range(pairs):
+        reference, current = draw(rng, stable, n), draw(rng, canary, n)
+        test = cost_increase_test(reference, current, cost, limit, split.alpha)
+        cost_fails = test.p_value < split.alpha
+        pattern_fails = error_pattern_test(reference, current, classes, split)[0].state == SHIFT
+        raw += test.increase > limit
+        failed_cost += cost_fails
+        failed_pattern += pattern_fails
+        failed += cost_fails or pattern_fails
+    return GateRates(pairs, raw / pairs, failed_cost / pairs, failed_pattern / pairs, failed / pairs)
+
+
 __all__ = [
     "ERROR_PATTERN",
     "Classifier",
+    "GateRates",
     "Rates",
     "draw",
     "error_pattern_rates",
     "fraud_error_swap",
+    "gate_rates",
     "recall_drop",
+    "scaled_errors",
     "structured_classifier",
 ]
