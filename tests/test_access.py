@@ -4,8 +4,10 @@ password never leaves the process."""
 
 from __future__ import annotations
 
+import os
 import random
 import string
+import subprocess
 import urllib.parse
 
 import pytest
@@ -282,3 +284,31 @@ def test_no_piece_of_the_password_reaches_logs_pages_or_errors(cli, admin_engine
     assert "sslpassword=***" in log and ":***@127.0.0.1" in log  # the URL is logged, masked
     assert check.returncode == 0 and "database: postgresql+psycopg2://" in check.stdout, check.stderr
     assert snapshot.returncode == 1 and "monitor shop:m: " in snapshot.stderr
+
+
+def test_an_encrypted_tls_key_is_a_config_error_not_a_prompt(cli, tmp_path):
+    """OpenSSL would ask for the passphrase on the terminal (blocking the start) or fail with
+    'PEM lib'; the web config has no passphrase, so say what is wrong and how to fix it."""
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-keyout", str(key), "-out", str(cert), "-days",
+         "1", "-subj", "/CN=localhost", "-passout", "pass:unused-passphrase"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({"tls_server_config": {"cert_file": str(cert), "key_file": str(key)}}))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(exporter_config("shop_ml.t", web_config=str(web))))
+    result = subprocess.run(
+        [*cli, "run", "--config", str(config)],
+        env={**os.environ, "DATABASE_URL": "postgresql://u@127.0.0.1:1/d"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,  # no controlling terminal to prompt on
+    )
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"config error: exporter.web_config: tls_server_config.key_file: {key} is encrypted" in result.stderr
+    )
