@@ -4,6 +4,8 @@ or a counted rejection; never a crash, an invalid exposition or a wrong count el
 
 from __future__ import annotations
 
+import os
+import pty
 import re
 import subprocess
 import unicodedata
@@ -292,7 +294,7 @@ def test_hostile_names_cannot_forge_a_log_line_or_a_key(cli, admin_engine, expor
     assert " ".join(column.split()) in failures[0]["error"]
 
 
-def test_hostile_names_are_escaped_on_the_landing_page(admin_engine, exporter_url):
+def hostile_rows_table(admin_engine) -> str:  # type: ignore[no-untyped-def]
     table = create_scored_events(admin_engine)
     rows = [
         Row(HOSTILE_NAMES[i % 3], HOSTILE_NAMES[-1], NOW - timedelta(minutes=i % 50), name, name,
@@ -300,6 +302,39 @@ def test_hostile_names_are_escaped_on_the_landing_page(admin_engine, exporter_ur
         for i, name in enumerate(HOSTILE_NAMES * 5)
     ]  # fmt: skip
     insert_rows(admin_engine, table, rows)
+    return table
+
+
+def test_snapshot_on_a_terminal_is_escaped_and_piped_is_exact(cli, admin_engine, exporter_url, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(exporter_config(hostile_rows_table(admin_engine), model="*")))
+    args = [*cli, "snapshot", "--config", str(path), "--at", NOW.isoformat()]
+    env = {**os.environ, "DATABASE_URL": exporter_url}
+    piped = subprocess.run(args, env=env, capture_output=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert b"\x1b[2J\x1b[Hcleared" in piped.stdout  # byte-exact for promtool and Prometheus
+    main, child = pty.openpty()
+    with subprocess.Popen(args, env=env, stdout=child, stderr=subprocess.PIPE) as process:
+        os.close(child)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert process.wait(60) == 0
+    os.close(main)
+    text = output.decode().replace("\r\n", "\n")  # the terminal's own line discipline
+    assert "confusion_matrix_predictions{" in text
+    assert not unsafe_characters(text)
+    assert printable("\x1b[2J\x1b[Hcleared") in text
+
+
+def test_hostile_names_are_escaped_on_the_landing_page(admin_engine, exporter_url):
+    table = hostile_rows_table(admin_engine)
     page = landing_page(snapshot_at(make_config(table), exporter_url)).decode()
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 

@@ -267,7 +267,16 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     published = refresher.published
     snapshot = published.snapshot
     body = render(SnapshotCollector(snapshot)) if snapshot else b""
-    sys.stdout.buffer.write(body + render(HealthCollector(refresher.health)))
+    exposition = body + render(HealthCollector(refresher.health))
+    if sys.stdout.isatty():
+        # A person reads it: a label value from the data must not drive the terminal (the
+        # exposition format escapes only quotes, backslashes and newlines). Piped into
+        # promtool or a file, it stays byte-exact.
+        from .printable import printable
+
+        sys.stdout.write("\n".join(printable(line) for line in exposition.decode().split("\n")))
+    else:
+        sys.stdout.buffer.write(exposition)
     sys.stdout.flush()
     if not ok:
         for name, error in refresher.health.last_error.items():

@@ -53,5 +53,7 @@ def setup(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Library warnings would go to stderr raw; through logging they become logfmt lines too.
+    logging.captureWarnings(True)
     # Alembic narrates every plugin it loads at INFO; its migration lines are WARNING-worthy only on error.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
