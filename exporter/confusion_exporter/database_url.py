@@ -70,7 +70,7 @@ def _check(url: str) -> tuple[str, tuple[str, ...]]:
         raise UrlProblem(f"not a URL; write it as {EXAMPLE} (a libpq 'key=value' string is not accepted)")
     scheme, rest = match.group(1), url[match.end() :]
     where = f"{scheme}://…"
-    if scheme.lower() not in SCHEMES:
+    if scheme not in SCHEMES:
         raise UrlProblem(f"{where}: unsupported scheme; use postgresql:// (the database must be PostgreSQL)")
     at_signs = rest.count("@")
     if at_signs > 1:
