@@ -312,3 +312,16 @@ def test_an_encrypted_tls_key_is_a_config_error_not_a_prompt(cli, tmp_path):
     assert (
         f"config error: exporter.web_config: tls_server_config.key_file: {key} is encrypted" in result.stderr
     )
+
+
+def test_a_driver_error_quoting_a_secret_from_another_field_is_scrubbed(cli, tmp_path):
+    """libpq quotes a bad option value ('invalid sslmode value: "..."'); here the value is the
+    sslpassword pasted one field too far. Every registered secret is scrubbed wherever it is."""
+    secret = token(random.Random(3141), 14)
+    url = f"postgresql://confusion_exporter@127.0.0.1:5432/postgres?sslpassword={secret}&sslmode={secret}"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(exporter_config("shop_ml.t")))
+    result = run_cli(cli, "snapshot", "--config", str(path), env={"DATABASE_URL": url})
+    assert result.returncode == 1
+    assert 'monitor shop:m: OperationalError: invalid sslmode value: "***"' in result.stderr, result.stderr
+    assert not leaks(secret, result.stdout + result.stderr)
