@@ -198,6 +198,10 @@ def test_an_ambiguous_url_is_a_config_error_that_quotes_no_part_of_it(cli, tmp_p
     config.write_text(yaml.safe_dump(exporter_config("shop_ml.t")))
     url_file = tmp_path / "database-url"
     url_file.write_text(url + "\n")
+    with_file = tmp_path / "with-url-file.yaml"
+    with_file.write_text(
+        yaml.safe_dump({**exporter_config("shop_ml.t"), "database": {"url_file": str(url_file)}})
+    )
     runs = [
         (("run", "--config", str(config)), {"DATABASE_URL": url}, "DATABASE_URL: postgresql://…: "),
         (("check-config", "--config", str(config)), {"DATABASE_URL": url}, "DATABASE_URL: postgresql://…: "),
@@ -208,7 +212,13 @@ def test_an_ambiguous_url_is_a_config_error_that_quotes_no_part_of_it(cli, tmp_p
             f"DATABASE_URL_FILE ({url_file}): postgresql://…: ",
         ),
         (("migrate", "--database-url", url), {"DATABASE_URL": ""}, "--database-url: postgresql://…: "),
-    ]
+        (
+            ("gate", "--config", str(with_file), "--monitor", "shop:m", "--reference", "version:a",
+             "--current", "version:b"),
+            {"DATABASE_URL": ""},
+            f"database.url_file ({url_file}): postgresql://…: ",
+        ),
+    ]  # fmt: skip
     for args, env, named in runs:
         result = run_cli(cli, *args, env={"DATABASE_URL_FILE": "", **env}, timeout=60)
         output = result.stdout + result.stderr
