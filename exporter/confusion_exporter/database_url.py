@@ -117,7 +117,7 @@ def _which_part_has_at(rest: str) -> str:
     )
     second_at = rest.find("@", first_at + 1)
     if authority_end != -1 and second_at > authority_end:
-        return "more than one '@' (one may be in the database name or the parameters)"
+        return "more than one '@' (in the user name, the password, the database name or the parameters)"
     if first_colon == -1 or first_at < first_colon:
         return "the user name contains '@'"
     return "the password contains '@'"
