@@ -8,8 +8,11 @@ from datetime import timedelta
 import numpy as np
 import yaml
 
+from confusion_exporter.printable import printable
+
 from .conftest import run_cli
 from .helpers import COLUMNS, NOW, Row, create_scored_events, insert_rows
+from .test_hostile_input import HOSTILE_NAMES, unsafe_characters
 
 CLASSES = ["a", "b", "c"]
 STABLE_ERRORS = {"a": "b", "b": "c", "c": "a"}
@@ -156,3 +159,27 @@ def test_gate_argument_mistakes_exit_2(cli, tmp_path, admin_engine, exporter_url
     )
     assert unknown.returncode == 2
     assert "--monitor: no monitor named 'nope'; configured monitors: fraud" in unknown.stderr
+
+
+def test_hostile_versions_segments_and_classes_print_escaped(cli, tmp_path, admin_engine, exporter_url):
+    """The gate's text is read in CI logs: a name cannot forge a "gate PASS" line or drive the
+    terminal; the JSON keeps every name exactly."""
+    names = dict(zip(CLASSES, HOSTILE_NAMES[1:4], strict=True))
+    canary, segment = HOSTILE_NAMES[0], HOSTILE_NAMES[4]
+    rng = np.random.default_rng(13)
+    rows = traffic(rng, "stable", 1500, STABLE_ERRORS) + traffic(rng, canary, 1500, SWAPPED_ERRORS)
+    for row in rows:
+        row.predicted, row.actual, row.segment = names[row.predicted], names[row.actual], segment  # type: ignore[index]
+    table = create_scored_events(admin_engine)
+    insert_rows(admin_engine, table, rows)
+    text = gate(cli, tmp_path, exporter_url, table, canary)
+    assert text.returncode == 1, text.stdout + text.stderr
+    assert not unsafe_characters(text.stdout)
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith("gate FAIL") and not any(line.startswith("FORGED") for line in lines)
+    assert (
+        f"{printable(canary)} (canary)" in lines[0] and f"segment {printable(segment)}: fail" in text.stdout
+    )
+    assert any(f"true {printable(names[c])} predicted as" in text.stdout for c in CLASSES)
+    report = json.loads(gate(cli, tmp_path, exporter_url, table, canary, "--format", "json").stdout)
+    assert (report["canary"], report["segments"][0]["segment"]) == (canary, segment)

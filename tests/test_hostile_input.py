@@ -4,7 +4,11 @@ or a counted rejection; never a crash, an invalid exposition or a wrong count el
 
 from __future__ import annotations
 
+import os
+import pty
+import re
 import subprocess
+import unicodedata
 from datetime import UTC, datetime, timedelta
 
 import yaml
@@ -13,8 +17,21 @@ from hypothesis import strategies as st
 
 from confusion_exporter.config import ConfigError, config_from_mapping, load_config
 from confusion_exporter.exposition import SnapshotCollector, render
+from confusion_exporter.printable import printable
+from confusion_exporter.web import landing_page
 
-from .helpers import NOW, Row, create_scored_events, insert_rows, make_config, snapshot_at
+from .conftest import run_cli
+from .helpers import (
+    COLUMNS,
+    NOW,
+    Row,
+    create_scored_events,
+    exporter_config,
+    insert_rows,
+    make_config,
+    snapshot_at,
+)
+from .processes import ExporterProcess, wait_until
 
 KEYS = [
     "exporter", "sources", "monitors", "database", "name", "table", "columns", "model", "predicted_at",
@@ -183,3 +200,159 @@ def test_ten_thousand_classes_stay_within_the_cap_and_the_overflow_is_counted(
     )
     check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
     assert check.returncode == 0
+
+
+# Names a row or a config can hold that a terminal or a log reader acts on: a forged line, a
+# screen clear, an OSC title change, a C1 CSI, bidi overrides and isolates, a zero-width
+# joiner, backspaces, a carriage return, a line separator; and HTML that a page must escape.
+HOSTILE_NAMES = [
+    "fraud\nFORGED gate PASS: all good",
+    "\x1b[2J\x1b[Hcleared",
+    "title\x1b]0;owned\x07",
+    "c1\x9b2Jcsi",
+    "\u202eevil\u202c",
+    "iso\u2066late\u2069",
+    "zero\u200bwidth",
+    "back\x08\x08\x08spaced",
+    "car\rriage",
+    "line\u2028sep",
+    "<script>alert(1)</script>",
+]
+UNSAFE_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs"}
+
+
+def unsafe_characters(text: str) -> list[str]:
+    """Characters of ``text`` a terminal acts on, other than the output's own line breaks."""
+    return [c for c in text if c != "\n" and unicodedata.category(c) in UNSAFE_CATEGORIES]
+
+
+@given(text=st.text())
+def test_printable_leaves_nothing_a_terminal_acts_on_and_keeps_the_rest(text):
+    out = printable(text)
+    assert not unsafe_characters(out) and "\n" not in out
+
+    # Each character is kept as it is, or written as one visible ASCII escape of its own.
+    def unsafe(c: str) -> bool:
+        return unicodedata.category(c) in UNSAFE_CATEGORIES
+
+    assert out == "".join(printable(c) if unsafe(c) else c for c in text)
+    for c in set(text):
+        if unsafe(c):
+            escape = printable(c)
+            assert escape.startswith("\\") and escape.isascii() and escape.isprintable()
+        else:
+            assert printable(c) == c
+
+
+_LOGFMT_PAIR = re.compile(r'([A-Za-z0-9_.]+)=("(?:[^"\\]|\\.)*"|[^ "=]*)(?: |$)')
+_GO_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|.)")
+_SHORT_ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match[1]
+    return chr(int(code[1:], 16)) if len(code) > 1 else _SHORT_ESCAPES.get(code, code)
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """A strict logfmt reader: the whole line must be key=value pairs; quoted values unescaped."""
+    pairs, position = {}, 0
+    while position < len(line):
+        match = _LOGFMT_PAIR.match(line, position)
+        assert match, f"not logfmt at {position}: {line!r}"
+        key, value = match.groups()
+        if value.startswith('"'):
+            value = _GO_ESCAPE.sub(_unescape, value[1:-1])
+        assert key not in pairs, f"key {key} twice: {line!r}"
+        pairs[key] = value
+        position = match.end()
+    return pairs
+
+
+def test_hostile_names_cannot_forge_a_log_line_or_a_key(cli, admin_engine, exporter_url, tmp_path):
+    """A monitor over a hostile model name and a hostile column name (the query fails and the
+    error quotes it): each event is one logfmt line whose values read back exactly."""
+    table = create_scored_events(admin_engine)
+    model = 'm\nts=forged level=error msg="forged" \x1b[2J' + HOSTILE_NAMES[4]
+    column = 'yhat"\n level=error forged=1 \x1b]0;owned\x07' + HOSTILE_NAMES[5]
+    insert_rows(admin_engine, table, [Row(model, "v1", NOW, "a", "a")])
+    config = exporter_config(table, model=model)
+    config["sources"][0]["columns"] = {**COLUMNS, "predicted": column}
+    exporter = ExporterProcess(cli, config, exporter_url, tmp_path)
+    try:
+        wait_until(lambda: "monitor refresh failed" in exporter.log())
+    finally:
+        exporter.stop()
+    log = exporter.log()
+    assert not unsafe_characters(log)
+    events = [parse_logfmt(line) for line in log.splitlines()]
+    assert all(list(e)[:4] == ["ts", "level", "logger", "msg"] for e in events), events
+    assert not any("forged" in e or e["ts"] == "forged" for e in events)
+    failures = [e for e in events if e["msg"] == "monitor refresh failed"]
+    assert failures and all(e["monitor"] == f"shop:{model}" for e in failures)
+    # Read back faithfully (database errors are put on one line, so its whitespace runs are one space).
+    assert " ".join(column.split()) in failures[0]["error"]
+
+
+def hostile_rows_table(admin_engine) -> str:  # type: ignore[no-untyped-def]
+    table = create_scored_events(admin_engine)
+    rows = [
+        Row(HOSTILE_NAMES[i % 3], HOSTILE_NAMES[-1], NOW - timedelta(minutes=i % 50), name, name,
+            segment=HOSTILE_NAMES[-1 - i % 2])
+        for i, name in enumerate(HOSTILE_NAMES * 5)
+    ]  # fmt: skip
+    insert_rows(admin_engine, table, rows)
+    return table
+
+
+def test_snapshot_on_a_terminal_is_escaped_and_piped_is_exact(cli, admin_engine, exporter_url, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(exporter_config(hostile_rows_table(admin_engine), model="*")))
+    args = [*cli, "snapshot", "--config", str(path), "--at", NOW.isoformat()]
+    env = {**os.environ, "DATABASE_URL": exporter_url}
+    piped = subprocess.run(args, env=env, capture_output=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert b"\x1b[2J\x1b[Hcleared" in piped.stdout  # byte-exact for promtool and Prometheus
+    main, child = pty.openpty()
+    with subprocess.Popen(args, env=env, stdout=child, stderr=subprocess.PIPE) as process:
+        os.close(child)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert process.wait(60) == 0
+    os.close(main)
+    text = output.decode().replace("\r\n", "\n")  # the terminal's own line discipline
+    assert "confusion_matrix_predictions{" in text
+    assert not unsafe_characters(text)
+    assert printable("\x1b[2J\x1b[Hcleared") in text
+
+
+def test_hostile_names_are_escaped_on_the_landing_page(admin_engine, exporter_url):
+    table = hostile_rows_table(admin_engine)
+    page = landing_page(snapshot_at(make_config(table), exporter_url)).decode()
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_hostile_config_names_and_errors_print_escaped(cli, tmp_path):
+    """check-config's summary and a config error that lists class names."""
+    config = yaml.safe_load(yaml.safe_dump(VALID))
+    config["monitors"][0]["model"] = HOSTILE_NAMES[0] + HOSTILE_NAMES[1]
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ok = run_cli(cli, "check-config", "--config", str(path), env={"DATABASE_URL": ""})
+    assert ok.returncode == 0, ok.stderr
+    assert not unsafe_characters(ok.stdout) and len(ok.stdout.splitlines()) == 2
+    assert printable(f"shop:{HOSTILE_NAMES[0]}{HOSTILE_NAMES[1]}".replace("shop", "s")) in ok.stdout
+    config["monitors"][0].update(classes=HOSTILE_NAMES[2:4], positive_class="x", decision_thresholds=[0.5])
+    path.write_text(yaml.safe_dump(config))
+    bad = run_cli(cli, "check-config", "--config", str(path), env={"DATABASE_URL": ""})
+    assert bad.returncode == 2
+    assert not unsafe_characters(bad.stderr)
+    assert all(line.startswith("config error: ") for line in bad.stderr.splitlines()), bad.stderr
+    assert f"({printable(HOSTILE_NAMES[2])}, {printable(HOSTILE_NAMES[3])})" in bad.stderr

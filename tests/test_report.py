@@ -12,9 +12,12 @@ import pytest
 import yaml
 from sklearn.metrics import classification_report, confusion_matrix
 
+from confusion_exporter.printable import printable
+
 from .browser import ReportReader, render_in_browser
 from .conftest import run_cli
 from .helpers import COLUMNS, NOW, Row, create_scored_events, insert_rows
+from .test_hostile_input import HOSTILE_NAMES, unsafe_characters
 from .test_scores import direct_confidence
 
 CLASSES = ["a", "b", 'c "<q>&']  # a class name that must be escaped in HTML
@@ -189,3 +192,43 @@ def test_html_report_is_self_contained_and_its_cells_equal_the_json(
     }
     assert expected and reader.cells == expected
     assert reader.svgs == 2  # one reliability diagram per slice
+
+
+def test_hostile_names_in_the_rows_print_escaped_in_text_and_exact_in_json(
+    cli, admin_engine, exporter_url, tmp_path
+):
+    """Class, version and segment names that would forge lines or drive a terminal."""
+    classes = [HOSTILE_NAMES[0], HOSTILE_NAMES[1], HOSTILE_NAMES[2], HOSTILE_NAMES[4], HOSTILE_NAMES[-1]]
+    version, segment = HOSTILE_NAMES[3], HOSTILE_NAMES[5]
+    rng = np.random.default_rng(5)
+    rows = []
+    for _ in range(3000):
+        ts = END - timedelta(seconds=int(rng.integers(1, 4 * 3600)))
+        truth = str(rng.choice(classes))
+        moved = truth == classes[0] and ts >= START and rng.random() < 0.4
+        predicted = classes[1] if moved else truth if rng.random() > 0.1 else str(rng.choice(classes))
+        rows.append(
+            Row("m", version, ts, predicted, truth, segment=segment, score=float(rng.uniform(0.4, 1)))
+        )
+    table = create_scored_events(admin_engine)
+    insert_rows(admin_engine, table, rows)
+    config = {
+        "sources": [{"name": "shop", "table": table, "columns": COLUMNS}],
+        "monitors": [
+            {"source": "shop", "model": "m", "name": "m", "window": "1h", "reference": {"kind": "trailing", "length": "3h"}}
+        ],
+    }  # fmt: skip
+    path = tmp_path / "hostile.yaml"
+    path.write_text(yaml.safe_dump(config))
+    text = run_report(cli, exporter_url, path)
+    assert not unsafe_characters(text)
+    assert not any(line.startswith("FORGED") for line in text.splitlines())
+    assert "The error pattern shifted" in text  # the slice was rendered in full
+    for name in [*classes, version, segment]:
+        assert printable(name) in text, name
+    report = json.loads(run_report(cli, exporter_url, path, "--format", "json"))
+    entry = report["slices"][0]
+    assert (entry["version"], entry["segment"]) == (version, segment)
+    assert sorted(entry["matrices"]["classes"]) == sorted(classes)  # JSON keeps the names exactly
+    html = run_report(cli, exporter_url, path, "--format", "html")
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html

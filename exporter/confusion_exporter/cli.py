@@ -12,13 +12,15 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
 from .config import (
+    DATABASE_URL_ENV,
     Config,
     ConfigError,
     DatabaseUrl,
+    MissingDatabaseUrl,
     format_duration,
     load_config,
     parse_duration,
@@ -239,12 +241,28 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return load_config(args.config)
 
 
+def say(text: str, file: TextIO | None = None) -> None:
+    """Print one line for a person: no registered secret, no character a terminal acts on
+    (names from the config and the data are quoted in these lines)."""
+    from . import redaction
+    from .printable import printable
+
+    print(printable(redaction.scrub(text)), file=file or sys.stdout)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
-    print(
+    # The database URL is checked too when one is set (a URL that reads two ways is a config
+    # error); none set is fine here: the config may be checked where the secret is not.
+    try:
+        url: DatabaseUrl | None = resolve_database_url(config)
+    except MissingDatabaseUrl:
+        url = None
+    say(
         f"config ok: {len(config.sources)} source(s), {len(config.monitors)} monitor(s): "
         + ", ".join(m.monitor_name for m in config.monitors)
     )
+    say(f"database: {url.redacted()}" if url else f"database: no URL set ({DATABASE_URL_ENV} not set)")
     return EXIT_OK
 
 
@@ -263,11 +281,20 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     published = refresher.published
     snapshot = published.snapshot
     body = render(SnapshotCollector(snapshot)) if snapshot else b""
-    sys.stdout.buffer.write(body + render(HealthCollector(refresher.health)))
+    exposition = body + render(HealthCollector(refresher.health))
+    if sys.stdout.isatty():
+        # A person reads it: a label value from the data must not drive the terminal (the
+        # exposition format escapes only quotes, backslashes and newlines). Piped into
+        # promtool or a file, it stays byte-exact.
+        from .printable import printable
+
+        sys.stdout.write("\n".join(printable(line) for line in exposition.decode().split("\n")))
+    else:
+        sys.stdout.buffer.write(exposition)
     sys.stdout.flush()
     if not ok:
         for name, error in refresher.health.last_error.items():
-            print(f"monitor {name}: {error}", file=sys.stderr)
+            say(f"monitor {name}: {error}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -331,7 +358,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     body = render(report)
     if args.output:
         Path(args.output).write_text(body, encoding="utf-8")
-        print(f"report of {monitor.monitor_name} written to {args.output}", file=sys.stderr)
+        say(f"report of {monitor.monitor_name} written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(body)
     return EXIT_OK
@@ -391,7 +418,7 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310
             ok = response.status == 200
     except OSError as error:
-        print(f"unhealthy: {url}: {error}", file=sys.stderr)
+        say(f"unhealthy: {url}: {error}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK if ok else EXIT_FAILURE
 
@@ -511,7 +538,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         )
     finally:
         engine.dispose()
-    print(f"baseline {args.name!r} of monitor {args.monitor!r}: {slices} slice(s), {cells} cell(s) stored")
+    say(f"baseline {args.name!r} of monitor {args.monitor!r}: {slices} slice(s), {cells} cell(s) stored")
     return EXIT_OK
 
 
@@ -571,6 +598,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         log.info("migrated", extra={"fields": {"revision": args.revision, "database": url.redacted()}})
         password = os.environ.get(EXPORTER_PASSWORD_ENV)
         if password:
+            from . import redaction
+
+            redaction.register([password])  # a failing ALTER ROLE must not echo it
             migrate.set_exporter_password(url, password)
             log.info("exporter role password set", extra={"fields": {"role": migrate.EXPORTER_ROLE}})
     return EXIT_OK
@@ -597,7 +627,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         heartbeat = Path(args.heartbeat_file) if args.heartbeat_file else None
         simulator = Simulator(engine, settings, heartbeat=heartbeat)
     except ValueError as exc:
-        print(f"--models: {exc}", file=sys.stderr)
+        say(f"--models: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -657,30 +687,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"config error: {problem}", file=sys.stderr)
+            say(f"config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as exc:  # last resort: one line, no traceback with secrets in it
+        from psycopg2 import Error as DriverError
         from sqlalchemy.exc import SQLAlchemyError
 
-        if isinstance(exc, SQLAlchemyError):
-            print(f"error: database: {_scrub(exc)}", file=sys.stderr)
+        if isinstance(exc, SQLAlchemyError | DriverError):
+            say(f"error: database: {_one_line(exc)}", file=sys.stderr)
             return EXIT_FAILURE
-        raise
+        # A bug: its traceback helps a report, but a message in it may quote a secret or a
+        # name from the data, so it goes through the same scrubbing and escaping.
+        import traceback
+
+        for line in traceback.format_exc().splitlines():
+            say(line, file=sys.stderr)
+        return EXIT_FAILURE
 
 
-def _scrub(error: BaseException) -> str:
-    from sqlalchemy.engine import make_url
+def _one_line(error: BaseException) -> str:
+    """The driver's message (not SQLAlchemy's wrapper, which appends the statement), on one
+    line, with every registered secret (whatever URL source it came from) scrubbed, then cut."""
+    from . import redaction
 
     message = " ".join(str(getattr(error, "orig", None) or error).split())
-    try:
-        password = make_url(os.environ.get("DATABASE_URL", "")).password
-    except Exception:
-        password = None
-    if password:
-        message = message.replace(str(password), "***")
-    return message[:500]
+    return redaction.scrub(message)[:500]
 
 
 if __name__ == "__main__":

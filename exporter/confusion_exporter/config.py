@@ -10,7 +10,6 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from .database_url import DatabaseUrl, UrlProblem, check_database_url
 from .stats.shift import ShiftParameters
 
 ENV_PREFIX = "CONFUSION_EXPORTER_"
@@ -43,6 +43,10 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class MissingDatabaseUrl(ConfigError):
+    """No database URL anywhere: an error for commands that connect, not for check-config."""
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -578,49 +582,42 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     return config_from_mapping(raw, env)
 
 
-@dataclass(frozen=True)
-class DatabaseUrl:
-    """The database URL, with a form that is safe to log."""
-
-    url: str
-
-    def redacted(self) -> str:
-        from sqlalchemy.engine import make_url
-
-        try:
-            return make_url(self.url).render_as_string(hide_password=True)
-        except Exception:
-            return "<unparseable database URL>"
-
-    def __repr__(self) -> str:
-        return f"DatabaseUrl({self.redacted()})"
-
-    __str__ = __repr__
-
-
 def resolve_database_url(
     config: Config | None, env: Mapping[str, str] | None = None, explicit: str | None = None
 ) -> DatabaseUrl:
-    """Find the database URL: explicit flag, DATABASE_URL, DATABASE_URL_FILE, then database.url_file."""
+    """Find the database URL: explicit flag, DATABASE_URL, DATABASE_URL_FILE, then database.url_file.
+
+    A URL that reads more than one way is a config error naming where it came from: the
+    exporter must not connect with a password it mis-read (nor log the part it mis-read).
+    """
     env = os.environ if env is None else env
     if explicit:
-        return DatabaseUrl(_normalise_url(explicit))
+        return _database_url("--database-url", explicit)
     if env.get(DATABASE_URL_ENV):
-        return DatabaseUrl(_normalise_url(env[DATABASE_URL_ENV]))
+        return _database_url(DATABASE_URL_ENV, env[DATABASE_URL_ENV])
     file_key, file_path = DATABASE_URL_FILE_ENV, env.get(DATABASE_URL_FILE_ENV)
     if not file_path and config is not None and config.database.url_file is not None:
         file_key, file_path = "database.url_file", str(config.database.url_file)
     if file_path:
         try:
-            return DatabaseUrl(_normalise_url(Path(file_path).read_text(encoding="utf-8").strip()))
+            text = Path(file_path).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError([f"{file_key}: cannot read {file_path}: {exc.strerror}"]) from None
-    raise ConfigError(
+        return _database_url(f"{file_key} ({file_path})", text)
+    raise MissingDatabaseUrl(
         [
             f"{DATABASE_URL_ENV}: not set; export {DATABASE_URL_ENV}=postgresql://user:pass@host/db "
             f"or point {DATABASE_URL_FILE_ENV} / database.url_file at a file holding it"
         ]
     )
+
+
+def _database_url(key: str, text: str) -> DatabaseUrl:
+    try:
+        check_database_url(text)  # before normalising, so a message shows the scheme as written
+        return DatabaseUrl(_normalise_url(text))
+    except UrlProblem as problem:
+        raise ConfigError([f"{key}: {problem}"]) from None
 
 
 def _normalise_url(url: str) -> str:

@@ -51,7 +51,9 @@ def run_demo(data_dir: Path, history: timedelta, shift_after: timedelta, rate: f
         )
         # The embedded server trusts local connections: the exporter logs in as its read-only role.
         exporter_url = DatabaseUrl(
-            make_url(admin_url.url).set(username=migrate.EXPORTER_ROLE, password=None).render_as_string()
+            make_url(admin_url.url)
+            .set(username=migrate.EXPORTER_ROLE, password=None)
+            .render_as_string(hide_password=False)  # the default would make "***" the password
         )
         log.info("embedded postgres started", extra={"fields": {"data": str(data_dir)}})
     migrate.upgrade(admin_url)

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from .config import Config, ConfigError, MonitorConfig, VersionReference
 from .evaluate import evaluate_monitor
 from .matrices import NULL
+from .printable import printable
 from .snapshot import SliceResult, WindowResult
 from .source.counts import ALL
 from .stats.shift import ERROR_PATTERN, SHIFT
@@ -77,7 +78,9 @@ class GateReport:
             where = "" if s.segment == ALL else f" segment {'(none)' if s.segment == NULL else s.segment}:"
             lines.append(f"-{where} {s.verdict}")
             lines.extend(f"    {reason}" for reason in s.reasons)
-        return "\n".join(lines) + "\n"
+        # Names from the data (versions, segments, classes in reasons) written as escapes:
+        # one line stays one line and nothing reaches the terminal as a control.
+        return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def _finite(value: object) -> object:

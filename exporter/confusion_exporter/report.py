@@ -18,6 +18,7 @@ import numpy as np
 
 from .config import Config, ConfigError, MonitorConfig, Reference
 from .matrices import NULL, WindowCounts, align
+from .printable import printable
 from .snapshot import MonitorResult, SliceResult, WindowResult
 from .source.counts import ALL
 from .stats.calibration import ConfidenceSummary
@@ -373,7 +374,7 @@ def to_text(report: dict[str, Any]) -> str:
         out += ["", f"{'class':14}{'precision':>10}{'recall':>8}{'f1':>7}{'support':>9}  diagnosis"]
         for c in entry["classes"]:
             out.append(
-                f"{c['class'][:14]:14}{_f(c['precision']):>10}{_f(c['recall']):>8}{_f(c['f1']):>7}"
+                f"{printable(c['class'])[:14]:14}{_f(c['precision']):>10}{_f(c['recall']):>8}{_f(c['f1']):>7}"
                 f"{c['support']:>9}  {c['diagnosis']}"
             )
         if entry["confused_pairs"]:
@@ -434,7 +435,10 @@ def to_text(report: dict[str, Any]) -> str:
                 f"at threshold {at['threshold']:g} for {pos}: TP {tp}, FP {fp} ({neg} flagged), "
                 f"FN {fn} ({pos} missed), TN {tn}"
             )
-    return "\n".join(out) + "\n"
+    # Each entry is one line of ours; a newline or escape inside one came from a name in the
+    # data or the config, and is written as an escape so it cannot forge a line or drive the
+    # terminal.
+    return "\n".join(printable(line) for line in out) + "\n"
 
 
 def matrix_share(matrix: list[list[int]] | None) -> np.ndarray | None:

@@ -90,9 +90,24 @@ def ssl_context(config: WebConfig, key: str = "exporter.web_config") -> ssl.SSLC
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "TLS13" else ssl.TLSVersion.TLSv1_2
+    asked_for_passphrase = []
+
+    def no_passphrase() -> str:
+        # Without a callback OpenSSL would prompt on the terminal and block the start (or
+        # fail obscurely without one); the exporter-toolkit format has no passphrase key.
+        asked_for_passphrase.append(True)
+        raise ssl.SSLError("encrypted key")
+
     try:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
+        context.load_cert_chain(tls.cert_file, tls.key_file, password=no_passphrase)
     except (OSError, ssl.SSLError) as exc:
+        if asked_for_passphrase:
+            raise ConfigError(
+                [
+                    f"{key}: tls_server_config.key_file: {tls.key_file} is encrypted and the web config "
+                    "has no passphrase; give an unencrypted key (openssl pkey -in KEY -out PLAIN_KEY)"
+                ]
+            ) from None
         raise ConfigError(
             [
                 f"{key}: tls_server_config.cert_file/key_file: cannot load {tls.cert_file} with "

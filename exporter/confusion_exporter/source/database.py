@@ -7,6 +7,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from .. import redaction
 from ..config import DatabaseUrl
 
 APPLICATION_NAME = "confusion-exporter"
@@ -62,9 +63,9 @@ def admin_engine(url: DatabaseUrl) -> Engine:
 
 
 def redact_error(error: BaseException, url: DatabaseUrl) -> str:
-    """Describe a database error in one line without the password it might echo."""
+    """Describe a database error in one line without any secret it might echo.
+
+    Scrubbed before it is cut to length, so a cut cannot leave half a password behind.
+    """
     message = " ".join(str(getattr(error, "orig", None) or error).split())
-    password = sa.engine.make_url(url.url).password
-    if password:
-        message = message.replace(password, "***")
-    return f"{type(error).__name__}: {message}"[:500]
+    return redaction.scrub(f"{type(error).__name__}: {message}", url.secrets)[:500]
