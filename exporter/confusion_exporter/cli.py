@@ -632,7 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sqlalchemy.exc import SQLAlchemyError
 
         if isinstance(exc, SQLAlchemyError):
-            print(f"error: database: {_scrub(exc)}", file=sys.stderr)
+            from .source.database import timeout_hint
+
+            print(f"error: database: {_scrub(exc)}{timeout_hint(exc)}", file=sys.stderr)
             return EXIT_FAILURE
         raise
 

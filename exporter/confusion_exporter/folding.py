@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .config import SourceConfig
+from .source.database import is_statement_timeout
 from .source.rollup import FoldResult, fold
 
 log = logging.getLogger("confusion_exporter.folding")
@@ -33,7 +34,6 @@ TARGET_SHARE = 0.25
 # Beyond ~1 s a batch adds little throughput and holds the source's state row lock longer.
 MAX_TARGET_SECONDS = 1.0
 PROGRESS_LOG_SECONDS = 10.0
-QUERY_CANCELED = "57014"  # SQLSTATE of statement_timeout (lock_timeout is 55P03: not the batch's size)
 
 OnBatch = Callable[[str, FoldResult, float, int], None]
 
@@ -52,10 +52,6 @@ def next_batch_rows(rows: int, limited: bool, seconds: float, target: float) -> 
         return rows
     scaled = rows * target / seconds
     return int(max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, rows * 2, max(rows / 2, scaled))))
-
-
-def is_statement_timeout(error: BaseException) -> bool:
-    return getattr(getattr(error, "orig", None), "pgcode", None) == QUERY_CANCELED
 
 
 class SourceFolder:
@@ -85,7 +81,7 @@ class SourceFolder:
                 rows = self.batch_rows
                 result, seconds = self._batch(engine)
                 on_batch(self.source.name, result, seconds, self.batch_rows)
-                self._log_progress(result, rows)
+                self._log_progress(result, rows, seconds)
                 if result.caught_up or time.monotonic() >= deadline:
                     return self.caught_up
         finally:
@@ -100,7 +96,7 @@ class SourceFolder:
                     result = fold(connection, self.source, self.bucket_seconds, rows)
             except sa.exc.OperationalError as error:
                 if not is_statement_timeout(error):
-                    raise
+                    raise  # a lock timeout or an outage: smaller batches would not help
                 if rows <= MIN_BATCH_ROWS:
                     timeout = int(self.statement_timeout.total_seconds() * 1000)
                     raise RuntimeError(
@@ -121,14 +117,14 @@ class SourceFolder:
             self.caught_up = result.caught_up
             return result, seconds
 
-    def _log_progress(self, result: FoldResult, rows: int) -> None:
+    def _log_progress(self, result: FoldResult, rows: int, seconds: float) -> None:
         """One logfmt line when a catch-up starts, every PROGRESS_LOG_SECONDS, and when it ends."""
         now = time.monotonic()
         episode = self._episode
         if episode is None:
             if result.caught_up:
                 return  # the usual fold: nothing to tell
-            episode = self._episode = {"started": now, "logged": 0.0, "predictions": 0, "labels": 0}
+            episode = self._episode = {"started": now - seconds, "logged": 0.0, "predictions": 0, "labels": 0}
         episode["predictions"] += result.predictions
         episode["labels"] += result.labels
         elapsed = now - episode["started"]

@@ -22,7 +22,7 @@ from .evaluate import ScoreCache, evaluate_monitor
 from .exposition import HealthCollector, HealthState, SnapshotCollector, render
 from .folding import CatchUp, SourceFolder
 from .snapshot import MonitorResult, Snapshot
-from .source.database import reader_engine, redact_error
+from .source.database import reader_engine, redact_error, timeout_hint
 from .source.rollup import FoldResult
 
 log = logging.getLogger("confusion_exporter.refresher")
@@ -143,7 +143,9 @@ class Refresher:
                     self.config.exporter.max_backoff,
                 )
                 self._next_due[name] = time.monotonic() + delay
-                message = redact_error(error, self.url)
+                message = redact_error(error, self.url) + timeout_hint(
+                    error, self.config.exporter.statement_timeout
+                )
                 with self.health.lock:
                     self.health.failures[name] += 1
                     self.health.last_error[name] = message
