@@ -369,3 +369,46 @@ def assert_equal_history(connection: sa.Connection) -> None:
     ).fetchall()
     want = {tuple(r[:7]): (int(r[7]), round(float(r[8]), 3)) for r in want_rows}
     assert got == want
+
+
+def test_a_statement_timeout_says_which_setting_cut_it_off(admin_engine, exporter_url, cli, tmp_path):
+    """The twin on the full path: PostgreSQL says only "canceling statement due to statement
+    timeout"; the refresher's line and a one-off command's name the setting and the fix."""
+    with admin_engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE OR REPLACE VIEW inference.sleepy AS SELECT p.* FROM inference.labeled_predictions p "
+                "CROSS JOIN LATERAL (SELECT pg_sleep(0.3)) s"
+            )
+        )
+        conn.execute(sa.text("GRANT SELECT ON inference.sleepy TO confusion_exporter"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO inference.predictions (model_name, model_version, predicted_at, predicted_class) "
+                "VALUES ('sleepy', 'v1', now() - interval '5 minutes', 'a')"
+            )
+        )
+    config = {
+        "exporter": {"statement_timeout": "200ms"},
+        "sources": [{"name": "sleepy", "table": "inference.sleepy", "columns": VIEW_COLUMNS}],
+        "monitors": [
+            {
+                "source": "sleepy",
+                "name": "s",
+                "model": "sleepy",
+                "window": "1h",
+                "reference": {"kind": "trailing", "length": "1h"},
+            }
+        ],
+    }
+    path = tmp_path / "sleepy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {"DATABASE_URL": exporter_url}
+    snapshot = run_cli(cli, "snapshot", "--config", str(path), env=env)
+    report = run_cli(cli, "report", "--config", str(path), "--monitor", "s", env=env)
+    for result in (snapshot, report):
+        assert result.returncode == 1, result.stderr
+        assert "statement timeout" in result.stderr
+        assert "exporter.statement_timeout" in result.stderr and "raise it" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert "statement_timeout (200ms)" in snapshot.stderr
