@@ -412,3 +412,53 @@ def test_a_statement_timeout_says_which_setting_cut_it_off(admin_engine, exporte
         assert "exporter.statement_timeout" in result.stderr and "raise it" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
     assert "statement_timeout (200ms)" in snapshot.stderr
+
+
+def test_a_batch_cut_off_by_the_statement_timeout_is_retried_smaller(
+    clean_reference_schema, exporter_url, caplog
+):
+    from confusion_exporter.config import DatabaseUrl
+    from confusion_exporter.folding import SourceFolder
+    from confusion_exporter.source.database import reader_engine
+
+    generate_history(clean_reference_schema, 200_000, datetime.now(UTC))
+    config = config_from_mapping(
+        {
+            "sources": [{"name": "history", "table": VIEW, "columns": VIEW_COLUMNS, "rollup": True}],
+            "monitors": [
+                {
+                    "source": "history",
+                    "model": "*",
+                    "window": "1h",
+                    "reference": {"kind": "trailing", "length": "1h"},
+                }
+            ],
+        },
+        env={},
+    )
+    timeout = timedelta(milliseconds=200)
+    engine = reader_engine(
+        DatabaseUrl(exporter_url), statement_timeout=timeout, connect_timeout=timedelta(seconds=5)
+    )
+    with engine.connect() as conn, conn.begin():
+        conn.execute(sa.text("SET TRANSACTION READ WRITE"))
+        reset(conn, "history")
+    folder = SourceFolder(config.sources[0], BUCKET, timeout)
+    folder.batch_rows = 1_000_000  # the whole history at once: cannot fit in 200 ms
+    batches: list[int] = []
+    try:
+        with caplog.at_level("WARNING", logger="confusion_exporter.folding"):
+            caught_up = folder.fold(
+                engine, 0.5, lambda _s, result, _t, _n: batches.append(result.predictions)
+            )
+    finally:
+        engine.dispose()
+    assert "exceeded statement_timeout, retrying smaller" in caplog.text
+    assert folder.batch_rows < 200_000 and batches and batches[0] > 0 and not caught_up
+    with clean_reference_schema.connect() as conn:
+        folded = conn.execute(
+            sa.text(
+                "SELECT sum(n) FROM confusion_exporter.rollup_cells WHERE source = 'history' AND tier = 0"
+            )
+        ).scalar_one()
+    assert folded == sum(batches)  # the cancelled attempts left nothing behind

@@ -504,7 +504,7 @@ class HealthCollector(Collector):
                 ),
                 GaugeMetricFamily(
                     "confusion_exporter_rollup_fold_duration_seconds",
-                    "Wall time of the source's last fold.",
+                    "Wall time of the source's last fold (one batch).",
                     labels=["source"],
                 ),
             ]
