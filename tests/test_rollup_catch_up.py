@@ -308,7 +308,6 @@ def test_first_fold_of_a_long_history_catches_up_in_batches_under_a_200ms_statem
         exporter_engine.dispose()
     assert "rollup catching up in batches" in log and "predictions_left=" in log
     assert "rollup caught up" in log
-    print(*(line for line in log.splitlines() if "rollup" in line), sep="\n")
     assert "Traceback" not in log
     # No loss, no double count: the rollup equals an independent recount of the tables.
     with admin.connect() as conn:
