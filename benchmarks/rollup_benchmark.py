@@ -12,6 +12,14 @@ times (median of --repeat runs, warm cache):
 - read: summing the rollup's buckets for one model's windows;
 - full: one GROUP BY over the source for the same windows (the exporter without rollup);
 - naive: pandas.read_sql of the rows + sklearn.metrics.confusion_matrix (the seeds' code).
+
+``--catch-up`` instead measures turning the rollup on over that existing history: the
+exporter's batched first fold (``folding.SourceFolder``, through the exporter's own engine
+with its statement_timeout), until it has caught up, over a history whose ids grow with time
+(an append-only table's); prints batches, the longest batch, and rows (predictions + labels)
+per second:
+
+    .venv/bin/python benchmarks/rollup_benchmark.py --catch-up --rows 10000000 --statement-timeout 20s
 """
 
 from __future__ import annotations
@@ -29,10 +37,12 @@ import sqlalchemy as sa
 from sklearn.metrics import confusion_matrix
 
 from confusion_exporter import migrate
-from confusion_exporter.config import DatabaseUrl, config_from_mapping
+from confusion_exporter.config import DatabaseUrl, config_from_mapping, parse_duration
+from confusion_exporter.folding import SourceFolder
 from confusion_exporter.source.counts import count_query, fetch_counts
+from confusion_exporter.source.database import reader_engine
 from confusion_exporter.source.reference_schema import VIEW, VIEW_COLUMNS
-from confusion_exporter.source.rollup import fetch_window_rows, fold
+from confusion_exporter.source.rollup import FoldResult, fetch_window_rows, fold, reset
 from confusion_exporter.windows import monitor_windows
 
 SOURCE = {"name": "ref", "table": VIEW, "columns": VIEW_COLUMNS, "rollup": True}
@@ -47,7 +57,10 @@ def timed(action: Callable[[], object], repeat: int) -> float:
     return statistics.median(runs)
 
 
-def generate(engine: sa.Engine, rows: int, now: datetime) -> None:
+def generate(engine: sa.Engine, rows: int, now: datetime, in_time_order: bool = False) -> None:
+    """``rows`` predictions over 8 days, 90% labeled; ``in_time_order``: ids grow with time, as
+    in an append-only table that has been written for a while (what a first fold meets)."""
+    order = "ORDER BY 3" if in_time_order else ""
     with engine.begin() as conn:
         conn.execute(
             sa.text("ALTER TABLE inference.labels DROP CONSTRAINT IF EXISTS labels_prediction_id_fkey")
@@ -56,7 +69,7 @@ def generate(engine: sa.Engine, rows: int, now: datetime) -> None:
             sa.text(
                 "INSERT INTO inference.predictions (model_name, model_version, predicted_at, predicted_class) "
                 "SELECT 'model-' || (i % 3), 'v1', :now - random() * interval '8 days', floor(random() * 10)::text "
-                "FROM generate_series(1, :n) i"
+                f"FROM generate_series(1, :n) i {order}"
             ),
             {"n": rows, "now": now},
         )
@@ -182,7 +195,40 @@ def measure_reference(
     return lines
 
 
-def bench(admin_url: str, rows: int, repeat: int) -> list[str]:
+def measure_catch_up(url: str, rows: int, statement_timeout: str) -> str:
+    """Fold the whole history from an empty rollup in the exporter's batches; one table row."""
+    monitor = {
+        "source": "ref",
+        "model": "*",
+        "window": "1h",
+        "reference": {"kind": "trailing", "length": "1h"},
+    }
+    config = config_from_mapping({"sources": [SOURCE], "monitors": [monitor]}, env={})
+    timeout = parse_duration(statement_timeout)
+    engine = reader_engine(DatabaseUrl(url), statement_timeout=timeout, connect_timeout=parse_duration("5s"))
+    with engine.connect() as conn, conn.begin():
+        conn.execute(sa.text("SET TRANSACTION READ WRITE"))
+        reset(conn, "ref")
+    folder = SourceFolder(config.sources[0], 60, timeout)
+    totals = {"batches": 0, "rows": 0, "longest": 0.0}
+
+    def on_batch(_source: str, result: FoldResult, seconds: float, _next_rows: int) -> None:
+        totals["batches"] += 1
+        totals["rows"] += result.predictions + result.labels
+        totals["longest"] = max(totals["longest"], seconds)
+
+    started = time.perf_counter()
+    while not folder.fold(engine, 60.0, on_batch):
+        pass
+    elapsed = time.perf_counter() - started
+    engine.dispose()
+    return (
+        f"| {rows:,} | {statement_timeout} | {totals['batches']:,} | {totals['longest'] * 1000:.0f} ms "
+        f"| {folder.batch_rows:,} | {elapsed:.1f} s | {totals['rows'] / elapsed:,.0f} |"
+    )
+
+
+def bench(admin_url: str, rows: int, repeat: int, catch_up: list[str] | None = None) -> list[str]:
     name = f"ce_bench_{secrets.token_hex(3)}"
     server = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with server.connect() as conn:
@@ -194,8 +240,11 @@ def bench(admin_url: str, rows: int, repeat: int) -> list[str]:
         engine = sa.create_engine(url)
         now = datetime.now(UTC)
         started = time.perf_counter()
-        generate(engine, rows, now)
+        generate(engine, rows, now, in_time_order=bool(catch_up))
         lines.append(f"| {rows:,} | generate | {time.perf_counter() - started:.1f} s | |")
+        if catch_up:
+            engine.dispose()
+            return [measure_catch_up(url, rows, timeout) for timeout in catch_up]
         bucket = 60
         for reference in ("24h", "7d"):
             lines += measure_reference(engine, rows, reference, now, bucket, repeat)
@@ -211,12 +260,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--catch-up", action="store_true", help="time the first fold of the history instead")
+    parser.add_argument("--statement-timeout", nargs="+", default=["20s"], help="with --catch-up")
     args = parser.parse_args()
     admin_url = os.environ.get("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
     admin_url = admin_url.replace("postgresql://", "postgresql+psycopg2://", 1)
-    print("| rows | what | median | ratio |\n|---|---|---|---|")
+    if args.catch_up:
+        print(
+            "| rows | statement_timeout | batches | longest batch | last batch size | catch-up | rows/s |\n"
+            "|---|---|---|---|---|---|---|"
+        )
+    else:
+        print("| rows | what | median | ratio |\n|---|---|---|---|")
     for rows in args.rows:
-        for line in bench(admin_url, rows, args.repeat):
+        for line in bench(admin_url, rows, args.repeat, args.statement_timeout if args.catch_up else None):
             print(line, flush=True)
 
 

@@ -288,6 +288,8 @@ def test_a_held_lock_and_a_slow_query_are_cut_off_and_counted(cluster, admin, cl
     log = exporter.log()
     assert "lock timeout" in log or "statement timeout" in log
     assert "canceling statement due to statement timeout" in log
+    # ... and says what to do about it.
+    assert "ran past exporter.statement_timeout (2000ms): raise it" in log
 
 
 def burst_writers(engine: sa.Engine, stop: threading.Event, seed: int) -> list[threading.Thread]:

@@ -696,7 +696,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sqlalchemy.exc import SQLAlchemyError
 
         if isinstance(exc, SQLAlchemyError | DriverError):
-            say(f"error: database: {_one_line(exc)}", file=sys.stderr)
+            from .source.database import timeout_hint
+
+            say(f"error: database: {_one_line(exc)}{timeout_hint(exc)}", file=sys.stderr)
             return EXIT_FAILURE
         # A bug: its traceback helps a report, but a message in it may quote a secret or a
         # name from the data, so it goes through the same scrubbing and escaping.

@@ -512,16 +512,49 @@ class HealthCollector(Collector):
                 ),
                 GaugeMetricFamily(
                     "confusion_exporter_rollup_fold_duration_seconds",
-                    "Wall time of the source's last fold.",
+                    "Wall time of the source's last fold (one batch).",
                     labels=["source"],
                 ),
             ]
+            rollup += [
+                CounterMetricFamily(
+                    "confusion_exporter_rollup_labels",
+                    "Label rows folded into the rollup (first labels, late labels, corrections).",
+                    labels=["source"],
+                ),
+                GaugeMetricFamily(
+                    "confusion_exporter_rollup_batch_rows",
+                    "Ids per table the next fold batch reads at most (adapted to statement_timeout).",
+                    labels=["source"],
+                ),
+                GaugeMetricFamily(
+                    "confusion_exporter_rollup_caught_up",
+                    "1 when the rollup has caught up and the source's monitors read it; 0 while it "
+                    "folds a backlog in batches and they read the source table.",
+                    labels=["source"],
+                ),
+            ]
+            backlog = GaugeMetricFamily(
+                "confusion_exporter_rollup_backlog_rows",
+                "Rows left to fold after the last fold batch (ids above the watermark: a bound on rows).",
+                labels=["source", "table"],
+            )
+            keys = (
+                "folds",
+                "predictions",
+                "labels",
+                "pending",
+                "duration",
+                "label_rows",
+                "batch_rows",
+                "caught_up",
+            )
             for source, stats in state.folds.items():
-                for family, key in zip(
-                    rollup, ("folds", "predictions", "labels", "pending", "duration"), strict=True
-                ):
+                for family, key in zip(rollup, keys, strict=True):
                     family.add_metric([source], stats.get(key, 0))
-        yield from (info, duration, database_up, refreshes, failures, last_success, *rollup)
+                backlog.add_metric([source, "predictions"], stats.get("predictions_left", 0))
+                backlog.add_metric([source, "labels"], stats.get("labels_left", 0))
+        yield from (info, duration, database_up, refreshes, failures, last_success, *rollup, backlog)
 
 
 def render(*collectors: Collector) -> bytes:

@@ -20,13 +20,18 @@ from sqlalchemy.engine import Engine
 from .config import Config, DatabaseUrl
 from .evaluate import ScoreCache, evaluate_monitor
 from .exposition import HealthCollector, HealthState, SnapshotCollector, render
+from .folding import CatchUp, SourceFolder
 from .snapshot import MonitorResult, Snapshot
-from .source.database import reader_engine, redact_error
-from .source.rollup import fold
+from .source.database import reader_engine, redact_error, timeout_hint
+from .source.rollup import FoldResult
 
 log = logging.getLogger("confusion_exporter.refresher")
 
 Clock = Callable[[], datetime]
+
+# The fold before the monitors: enough for the usual change, bounded for a backlog (the
+# catch-up thread folds the rest while the monitors read the source table).
+FOLD_BEFORE_REFRESH_SECONDS = 2.0
 
 
 def utc_now() -> datetime:
@@ -84,6 +89,20 @@ class Refresher:
         self._next_due = dict.fromkeys(names, 0.0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        bucket_seconds = int(settings.bucket.total_seconds())
+        self._folders = {
+            s.name: SourceFolder(s, bucket_seconds, settings.statement_timeout)
+            for s in config.sources
+            if s.rollup is not None
+        }
+        self._catch_up = CatchUp(
+            self._folders.values(),
+            self.engine,
+            self._record_fold,
+            self._catch_up_failed,
+            settings.initial_backoff,
+            settings.max_backoff,
+        )
         self.published = Published(None, b"", render(HealthCollector(self.health)))
 
     def refresh(self, only_due: bool = False) -> bool:
@@ -92,7 +111,9 @@ class Refresher:
         now = self.clock()
         all_ok, any_ok, reached_db = True, False, False
         due = [m for m in self.config.monitors if not only_due or self._next_due[m.monitor_name] <= started]
-        failed_sources = {} if self.historical else self._fold_rollups({m.source for m in due})
+        failed_sources, behind = (
+            ({}, set()) if self.historical else self._fold_rollups({m.source for m in due})
+        )
         for monitor in due:
             name = monitor.monitor_name
             with self.health.lock:
@@ -108,6 +129,8 @@ class Refresher:
                             self.config,
                             monitor,
                             now,
+                            # Until its rollup has caught up, a source is read from its table.
+                            use_rollup=monitor.source not in behind,
                             score_cache=None if self.historical else self._scores,
                             historical=self.historical,
                         )
@@ -120,7 +143,9 @@ class Refresher:
                     self.config.exporter.max_backoff,
                 )
                 self._next_due[name] = time.monotonic() + delay
-                message = redact_error(error, self.url)
+                message = redact_error(error, self.url) + timeout_hint(
+                    error, self.config.exporter.statement_timeout
+                )
                 with self.health.lock:
                     self.health.failures[name] += 1
                     self.health.last_error[name] = message
@@ -142,29 +167,57 @@ class Refresher:
         self._publish(now, rebuild_snapshot=any_ok)
         return all_ok
 
-    def _fold_rollups(self, sources: set[str]) -> dict[str, str]:
-        """Fold the changes of every due rollup source; return the errors of those that failed."""
-        failed = {}
-        bucket_seconds = int(self.config.exporter.bucket.total_seconds())
-        for source in self.config.sources:
-            if source.rollup is None or source.name not in sources:
+    def _fold_rollups(self, sources: set[str]) -> tuple[dict[str, str], set[str]]:
+        """Fold every due rollup source for a bounded time; return the errors of those that failed
+        and the sources still behind (their monitors read the source table meanwhile)."""
+        failed, behind = {}, set()
+        for name, folder in self._folders.items():
+            if name not in sources:
                 continue
-            started = time.monotonic()
             try:
-                with self.engine.connect() as connection, connection.begin():
-                    result = fold(connection, source, bucket_seconds)
+                # Not blocking: when the catch-up thread holds the source, it is behind anyway.
+                caught_up = folder.fold(
+                    self.engine, FOLD_BEFORE_REFRESH_SECONDS, self._record_fold, blocking=False
+                )
             except Exception as error:  # its monitors fail and retry with backoff
-                failed[source.name] = redact_error(error, self.url)
+                failed[name] = redact_error(error, self.url)
                 continue
-            with self.health.lock:
-                stats = self.health.folds.setdefault(source.name, {"folds": 0, "predictions": 0, "labels": 0})
-                stats["folds"] += 1
-                stats["predictions"] += result.predictions
-                stats["labels"] += result.labels_changed
-                stats["pending"] = result.pending_predictions + result.pending_labels
-                stats["given_up"] = stats.get("given_up", 0) + result.given_up
-                stats["duration"] = time.monotonic() - started
-        return failed
+            if not caught_up:
+                behind.add(name)
+                self._catch_up.wake()
+        with self.health.lock:
+            for name in (sources & self._folders.keys()) - failed.keys():
+                self.health.folds.setdefault(name, {})["caught_up"] = int(name not in behind)
+        return failed, behind
+
+    def _record_fold(self, source: str, result: FoldResult, seconds: float, batch_rows: int) -> None:
+        """Health figures of one committed fold batch (from the refresher or the catch-up thread)."""
+        with self.health.lock:
+            stats = self.health.folds.setdefault(source, {})
+            stats["folds"] = stats.get("folds", 0) + 1
+            stats["predictions"] = stats.get("predictions", 0) + result.predictions
+            stats["labels"] = stats.get("labels", 0) + result.labels_changed
+            stats["label_rows"] = stats.get("label_rows", 0) + result.labels
+            stats["pending"] = result.pending_predictions + result.pending_labels
+            stats["given_up"] = stats.get("given_up", 0) + result.given_up
+            stats["duration"] = seconds
+            stats["predictions_left"] = result.predictions_left
+            stats["labels_left"] = result.labels_left
+            stats["batch_rows"] = batch_rows
+            if not result.caught_up:
+                stats["caught_up"] = 0
+
+    def _catch_up_failed(self, source: str, error: BaseException, retry_in: float) -> None:
+        log.warning(
+            "rollup catch-up failed",
+            extra={
+                "fields": {
+                    "source": source,
+                    "error": redact_error(error, self.url),
+                    "retry_in_s": f"{retry_in:.1f}",
+                }
+            },
+        )
 
     def _publish(self, now: datetime, rebuild_snapshot: bool) -> None:
         previous = self.published
@@ -189,12 +242,14 @@ class Refresher:
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run_forever, name="refresher", daemon=True)
         self._thread.start()
+        self._catch_up.start()
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._catch_up.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
         self.engine.dispose()

@@ -427,7 +427,8 @@ def to_text(report: dict[str, Any]) -> str:
             "",
             f"mean error cost per labeled prediction: {_f(cost['current'], '.4g')} "
             f"(reference {_f(cost['reference'], '.4g')}, change {_pct(cost['increase'])}, "
-            f"at least {_pct(cost['increase_lower_bound'])} beyond noise; limit {_pct(cost['max_increase'])})",
+            f"at least {_pct(cost['increase_lower_bound'])} beyond noise; "
+            f"limit {_pct(cost['max_increase'])})",
         ]
         for at in entry["thresholds"]:
             (tn, fp), (fn, tp) = at["matrix"]

@@ -17,6 +17,27 @@ def _millis(value: timedelta) -> int:
     return max(1, int(value.total_seconds() * 1000))
 
 
+QUERY_CANCELED = "57014"  # SQLSTATE of statement_timeout (lock_timeout is 55P03)
+
+
+def is_statement_timeout(error: BaseException) -> bool:
+    # SQLAlchemy wraps the driver's error in .orig; a raw psycopg2 error carries pgcode itself.
+    driver_error = getattr(error, "orig", None) or error
+    return getattr(driver_error, "pgcode", None) == QUERY_CANCELED
+
+
+def timeout_hint(error: BaseException, statement_timeout: timedelta | None = None) -> str:
+    """What to do about a statement cut off by ``statement_timeout`` (PostgreSQL says only that
+    it was canceled); empty for any other error."""
+    if not is_statement_timeout(error):
+        return ""
+    limit = f" ({_millis(statement_timeout)}ms)" if statement_timeout is not None else ""
+    return (
+        f"; the query ran past exporter.statement_timeout{limit}: raise it "
+        "(or CONFUSION_EXPORTER_STATEMENT_TIMEOUT), or shorten the monitor's windows"
+    )
+
+
 def reader_engine(url: DatabaseUrl, *, statement_timeout: timedelta, connect_timeout: timedelta) -> Engine:
     """Create the engine the refresher reads through.
 

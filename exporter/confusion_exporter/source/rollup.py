@@ -20,6 +20,17 @@ key) on every fold. A pending id is given up only when it cannot appear any more
 still missing at a fold whose snapshot had ``xmin`` above the ``xmax`` recorded one fold after
 the gap was first seen, i.e. every transaction that could hold the id has ended (the writer
 takes its xid within the same INSERT that takes the id, long before the next fold).
+
+A fold may be bounded (``batch_rows``): it then reads only the next ``batch_rows`` ids of
+each table above its watermark, so the first fold of a long history (or a backlog after an
+outage) is many short transactions instead of one statement over everything, each with the
+guarantees above. The stored counts are always "every folded prediction, in the cell of its
+latest folded label": a label is folded only with or after its prediction. A bounded fold
+therefore stops its label range before the first label whose prediction lies beyond the
+predictions it has folded, and a pending label that becomes visible while its prediction is
+still beyond them stays pending (deferred, not given up) until the predictions reach it.
+With the reference schema's foreign key a visible label's prediction is visible, so once the
+predictions are caught up every visible label can be folded and the labels follow.
 """
 
 from __future__ import annotations
@@ -69,6 +80,14 @@ class FoldResult:
     pending_predictions: int
     pending_labels: int
     given_up: int
+    labels: int = 0  # label rows read (new or pending), whether or not they changed a count
+    predictions_left: int = 0  # ids above the watermark after this fold (a bound on rows left)
+    labels_left: int = 0
+
+    @property
+    def caught_up(self) -> bool:
+        """True when this fold reached the newest visible row of both tables."""
+        return self.predictions_left == 0 and self.labels_left == 0
 
 
 def _tiers(bucket_seconds: int) -> list[tuple[int, str]]:
@@ -119,17 +138,37 @@ def _state(connection: Connection, source: str, bucket_seconds: int) -> dict[str
     return {"predictions_wm": row.prediction_watermark, "labels_wm": row.label_watermark, "pending": pending}
 
 
+def _batch_end(connection: Connection, table: str, watermark: int, batch_rows: int | None) -> int:
+    """The largest id a fold reads above ``watermark``: the ``batch_rows``-th visible one, or the last."""
+    if batch_rows is None:
+        query = f"SELECT coalesce(max(id), :wm) FROM {table} WHERE id > :wm"
+    else:  # an index range read of batch_rows entries, whatever gaps the ids have
+        query = f"SELECT coalesce(max(id), :wm) FROM (SELECT id FROM {table} WHERE id > :wm ORDER BY id LIMIT :rows) s"
+    return int(connection.execute(sa.text(query), {"wm": watermark, "rows": batch_rows}).scalar_one())
+
+
+def _ids_left(connection: Connection, table: str, watermark: int) -> int:
+    """Ids above ``watermark`` up to the newest visible one: rows left to fold, or a bound on them
+    (aborted writes leave gaps); one index probe, where ``count(*)`` would scan the backlog."""
+    newest = connection.execute(sa.text(f"SELECT coalesce(max(id), 0) FROM {table}")).scalar_one()
+    return max(0, int(newest) - watermark)
+
+
 def _advance(
     connection: Connection,
     table: str,
     watermark: int,
+    end: int,
     pending: dict[str, Any],
     snapshot: tuple[int, int],
+    deferred: frozenset[int] = frozenset(),
 ) -> tuple[int, dict[str, Any], int]:
-    """New watermark and pending ids of ``table`` after a fold; returns (watermark, pending, given up)."""
+    """New watermark and pending ids of ``table`` after folding its ids up to ``end``; returns
+    (watermark, pending, given up). ``deferred`` ids are visible but not folded yet: they stay."""
     xmin, xmax = snapshot
     new_max = connection.execute(
-        sa.text(f"SELECT coalesce(max(id), :wm) FROM {table} WHERE id > :wm"), {"wm": watermark}
+        sa.text(f"SELECT coalesce(max(id), :wm) FROM {table} WHERE id > :wm AND id <= :end"),
+        {"wm": watermark, "end": end},
     ).scalar_one()
     visible = set(
         connection.execute(
@@ -146,9 +185,11 @@ def _advance(
     still: dict[str, Any] = {}
     given_up = 0
     for key, entry in pending.items():
-        if int(key) in visible:
+        if int(key) in deferred:
+            still[key] = entry  # visible, so never given up; folded once its prediction is
+        elif int(key) in visible:
             continue  # folded in this transaction
-        if entry.get("xmax") is None:
+        elif entry.get("xmax") is None:
             still[key] = {"xmax": xmax}  # from now on, every writer that could hold it has an xid
         elif xmin > entry["xmax"]:
             given_up += 1  # every transaction that could have held the id has ended
@@ -159,13 +200,21 @@ def _advance(
     return int(new_max), still, given_up
 
 
-def fold(connection: Connection, source: SourceConfig, bucket_seconds: int) -> FoldResult:
-    """Fold the changes of ``source`` into its rollup; the caller commits (one transaction)."""
+def fold(
+    connection: Connection, source: SourceConfig, bucket_seconds: int, batch_rows: int | None = None
+) -> FoldResult:
+    """Fold the changes of ``source`` into its rollup; the caller commits (one transaction).
+
+    With ``batch_rows``, at most that many new ids of each table (see the module docstring);
+    ``FoldResult.caught_up`` tells whether more is left.
+    """
     connection.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ WRITE"))
-    return _fold(connection, source, bucket_seconds)
+    return _fold(connection, source, bucket_seconds, batch_rows)
 
 
-def _fold(connection: Connection, source: SourceConfig, bucket_seconds: int) -> FoldResult:
+def _fold(
+    connection: Connection, source: SourceConfig, bucket_seconds: int, batch_rows: int | None = None
+) -> FoldResult:
     assert source.rollup is not None
     predictions = _quoted(connection, source.rollup.predictions)
     labels = _quoted(connection, source.rollup.labels)
@@ -178,6 +227,9 @@ def _fold(connection: Connection, source: SourceConfig, bucket_seconds: int) -> 
     ).one()
     pending_p = [int(i) for i in state["pending"].get("predictions", {})]
     pending_l = [int(i) for i in state["pending"].get("labels", {})]
+    phi = _batch_end(connection, predictions, state["predictions_wm"], batch_rows)
+    lhi = _batch_end(connection, labels, state["labels_wm"], batch_rows)
+    predictions_left = _ids_left(connection, predictions, phi)
     params = {
         "source": source.name,
         "bucket": bucket_seconds,
@@ -185,11 +237,28 @@ def _fold(connection: Connection, source: SourceConfig, bucket_seconds: int) -> 
         "lwm": state["labels_wm"],
         "ppending": pending_p,
         "lpending": pending_l,
+        "phi": phi,
+        "lhi": lhi,
     }
+    deferred: frozenset[int] = frozenset()
+    if predictions_left:
+        # Predictions beyond phi are not folded yet: their labels wait (module docstring).
+        first_ahead = connection.execute(
+            sa.text(f"SELECT min(id) FROM {labels} WHERE id > :lwm AND id <= :lhi AND prediction_id > :phi"),
+            params,
+        ).scalar_one()
+        if first_ahead is not None:
+            params["lhi"] = lhi = int(first_ahead) - 1
+        deferred = frozenset(
+            connection.execute(
+                sa.text(f"SELECT id FROM {labels} WHERE id = ANY(:lpending) AND prediction_id > :phi"), params
+            ).scalars()
+        )
+    params["ldeferred"] = sorted(deferred)
     tiers = _tiers(bucket_seconds)
     # Two index range reads, not "id > :pwm OR id = ANY(...)", which would scan the table.
     new_predictions = (
-        f"FROM (SELECT * FROM {predictions} WHERE id > :pwm UNION ALL "
+        f"FROM (SELECT * FROM {predictions} WHERE id > :pwm AND id <= :phi UNION ALL "
         f"SELECT * FROM {predictions} WHERE id = ANY(:ppending) AND id <= :pwm) p"
     )
     folded_predictions = connection.execute(
@@ -216,13 +285,15 @@ def _fold(connection: Connection, source: SourceConfig, bucket_seconds: int) -> 
         + " RETURNING 1)"
         for tier, bucket in tiers
     )
-    changed = connection.execute(
+    changed, labels_read = connection.execute(
         sa.text(
             f"""
-            WITH batch AS (
+            WITH batch_rows AS (
+                SELECT * FROM {labels} WHERE id > :lwm AND id <= :lhi UNION ALL
+                SELECT * FROM {labels} WHERE id = ANY(:lpending) AND id <= :lwm AND id <> ALL(:ldeferred)
+            ), batch AS (
                 SELECT DISTINCT ON (l.prediction_id) l.prediction_id, l.id, l.true_class, l.labeled_at
-                  FROM (SELECT * FROM {labels} WHERE id > :lwm UNION ALL
-                        SELECT * FROM {labels} WHERE id = ANY(:lpending) AND id <= :lwm) l
+                  FROM batch_rows l
                  ORDER BY l.prediction_id, l.id DESC
             ), moved AS (
                 SELECT b.prediction_id, b.true_class AS new_class, b.labeled_at AS new_at,
@@ -243,16 +314,21 @@ def _fold(connection: Connection, source: SourceConfig, bucket_seconds: int) -> 
                 SELECT p.*, m.new_class, 1, extract(epoch FROM m.new_at - p.predicted_at)
                   FROM moved m JOIN {predictions} p ON p.id = m.prediction_id
             ), {applied}
-            SELECT count(*) FROM moved
+            SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM batch_rows)
             """
         ),
         params,
-    ).scalar_one()
+    ).one()
     pwm, p_pending, p_given_up = _advance(
-        connection, predictions, state["predictions_wm"], state["pending"].get("predictions", {}), snapshot
+        connection,
+        predictions,
+        state["predictions_wm"],
+        phi,
+        state["pending"].get("predictions", {}),
+        snapshot,
     )
     lwm, l_pending, l_given_up = _advance(
-        connection, labels, state["labels_wm"], state["pending"].get("labels", {}), snapshot
+        connection, labels, state["labels_wm"], lhi, state["pending"].get("labels", {}), snapshot, deferred
     )
     connection.execute(
         sa.text(
@@ -267,7 +343,14 @@ def _fold(connection: Connection, source: SourceConfig, bucket_seconds: int) -> 
         },
     )
     return FoldResult(
-        int(folded_predictions), int(changed), len(p_pending), len(l_pending), p_given_up + l_given_up
+        int(folded_predictions),
+        int(changed),
+        len(p_pending),
+        len(l_pending),
+        p_given_up + l_given_up,
+        labels=int(labels_read),
+        predictions_left=predictions_left,
+        labels_left=_ids_left(connection, labels, lwm),
     )
 
 
