@@ -227,6 +227,10 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
+    if config.exporter.web_config is not None:
+        from .webconfig import load_web_config
+
+        load_web_config(config.exporter.web_config)  # its mistakes too, before a start finds them
     print(
         f"config ok: {len(config.sources)} source(s), {len(config.monitors)} monitor(s): "
         + ", ".join(m.monitor_name for m in config.monitors)
