@@ -372,3 +372,21 @@ def test_an_exception_in_a_handler_is_a_500_and_one_log_line(caplog):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_silent_tls_clients_hold_no_thread(secured):
+    """A thread per connection did the TLS handshake: 150 silent sockets held 150 threads."""
+    exporter, client, _, _ = secured
+    status = Path(f"/proc/{exporter.process.pid}/status")
+    idle = int(status.read_text().split("Threads:")[1].split()[0])
+    silent = [socket.create_connection(("127.0.0.1", exporter.port), timeout=5) for _ in range(150)]
+    try:
+        for _ in range(5):
+            code, _, elapsed = http_get(
+                exporter.url("/metrics"), context=client, headers=basic("prometheus", PASSWORD)
+            )
+            assert code == 200 and elapsed < 2.0
+        assert int(status.read_text().split("Threads:")[1].split()[0]) <= idle + 8
+    finally:
+        for sock in silent:
+            sock.close()
