@@ -187,7 +187,7 @@ class _IOLoop(threading.Thread):
                     if key.data is None:
                         self._drain_wakeups()
                     else:
-                        self._advance(key.data)
+                        self._guarded(self._advance, key.data)
                 self._take_inbox()
                 self._expire()
         finally:
@@ -196,6 +196,24 @@ class _IOLoop(threading.Thread):
             self._selector.close()
             self._wake_read.close()
             self._wake_write.close()
+
+    def _guarded(self, step: Callable[..., None], conn: _Connection, *args: Any) -> None:
+        """A bug met by one connection closes that connection, not the loop serving all."""
+        try:
+            step(conn, *args)
+        except Exception as error:
+            log.error(
+                "connection failed",
+                extra={
+                    "fields": {
+                        "client": _peer(conn.client),
+                        "error": type(error).__name__,
+                        "detail": str(error)[:300],
+                    }
+                },
+            )
+            with contextlib.suppress(Exception):
+                self._close(conn)
 
     def _timeout(self) -> float | None:
         waiting = [c.deadline for c in self._open.values() if c.phase != "working"]
@@ -212,13 +230,25 @@ class _IOLoop(threading.Thread):
             if kind == "stop":
                 self._stopping = True
             elif kind == "accepted":
-                self._admit(*payload)
+                sock, client = payload
+                try:
+                    self._admit(sock, client)
+                except Exception as error:
+                    log.error(
+                        "connection failed",
+                        extra={"fields": {"client": _peer(client), "error": type(error).__name__}},
+                    )
+                    sock.close()
             elif kind == "respond":
-                conn, parts = payload
-                conn.phase = "writing"
-                conn.deadline = time.monotonic() + RESPONSE_TIMEOUT_SECONDS
-                conn.parts.extend(memoryview(p) for p in parts if p)
-                self._advance(conn)
+                self._guarded(self._start_response, *payload)
+
+    def _start_response(self, conn: _Connection, parts: list[bytes]) -> None:
+        if conn.phase == "closed":
+            return
+        conn.phase = "writing"
+        conn.deadline = time.monotonic() + RESPONSE_TIMEOUT_SECONDS
+        conn.parts.extend(memoryview(p) for p in parts if p)
+        self._advance(conn)
 
     def _admit(self, raw: socket.socket, client: Any) -> None:
         if len(self._open) >= MAX_CONNECTIONS:
@@ -241,18 +271,23 @@ class _IOLoop(threading.Thread):
             phase = "handshake"
         conn = _Connection(sock, client, phase)
         self._open[id(conn)] = conn
-        self._advance(conn)
+        self._guarded(self._advance, conn)
 
     def _expire(self) -> None:
         now = time.monotonic()
         for conn in [c for c in self._open.values() if c.phase != "working" and c.deadline <= now]:
-            if conn.phase == "head":
-                self._try_send(conn, _TIMEOUT)
-                self._end(conn, "head_timeout")
-            elif conn.phase == "handshake":
-                self._end(conn, "head_timeout", "during the TLS handshake")
-            else:
-                self._end(conn, "response_timeout")
+            self._guarded(self._expire_one, conn)
+
+    def _expire_one(self, conn: _Connection) -> None:
+        if conn.phase == "closed":
+            return
+        if conn.phase == "head":
+            self._try_send(conn, _TIMEOUT)
+            self._end(conn, "head_timeout")
+        elif conn.phase == "handshake":
+            self._end(conn, "head_timeout", "during the TLS handshake")
+        else:
+            self._end(conn, "response_timeout")
 
     def _advance(self, conn: _Connection) -> None:
         """Move a connection on as far as its socket allows without blocking."""
@@ -347,6 +382,7 @@ class _IOLoop(threading.Thread):
             self._errors.add(reason, conn.client, detail)
 
     def _close(self, conn: _Connection) -> None:
+        conn.phase = "closed"
         self._wait(conn, 0)
         self._open.pop(id(conn), None)
         with contextlib.suppress(OSError):
