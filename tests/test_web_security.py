@@ -390,3 +390,22 @@ def test_silent_tls_clients_hold_no_thread(secured):
     finally:
         for sock in silent:
             sock.close()
+
+
+def test_an_oversized_request_head_is_431_and_counted(plain_auth):
+    exporter = plain_auth
+
+    def too_large() -> float:
+        status, metrics, _ = http_get(exporter.url("/metrics"), headers=basic("prometheus", PASSWORD))
+        assert status == 200
+        return samples(metrics)[
+            ("confusion_exporter_http_client_errors_total", frozenset({("reason", "head_too_large")}))
+        ]
+
+    before = too_large()
+    with socket.create_connection(("127.0.0.1", exporter.port), timeout=5) as raw:
+        raw.sendall(b"GET /metrics HTTP/1.1\r\nX-Padding: " + b"a" * 70_000)
+        reply = raw.recv(100)
+    assert reply.startswith(b"HTTP/1.0 431 "), reply
+    assert too_large() == before + 1
+    assert "Traceback" not in exporter.log()
