@@ -152,7 +152,8 @@ def test_clients_hanging_up_mid_scrape_cost_a_count_and_a_line_not_a_traceback(b
 def test_slow_clients_hold_no_thread_and_prometheus_is_still_answered(big_exporter):
     """106 slow-trickling sockets held 110 threads for over 30 s. Now: 600 sockets trickling a
     request head a byte at a time and 30 that never read their response, while a scraper
-    reads the whole 7 MB exposition every half second."""
+    reads the whole 7 MB exposition every half second; then the readers hit the response
+    deadline."""
     exporter = big_exporter
     pid = exporter.process.pid
     idle_threads = threads(pid)
@@ -193,10 +194,18 @@ def test_slow_clients_hold_no_thread_and_prometheus_is_still_answered(big_export
         stop.set()
         trickler.join(5)
     after = client_errors(exporter)
-    for sock in readers:
-        reset(sock)
     for sock in trickling:
         sock.close()
+    # the readers that never read are cut at the 30 s response deadline
+    cut = wait_until(
+        lambda: (c := client_errors(exporter))["response_timeout"] - before["response_timeout"] >= 30 and c,
+        timeout=30,
+        interval=0.5,
+    )
+    assert cut["response_timeout"] - before["response_timeout"] == 30
+    assert all(sock.recv(1 << 24) for sock in readers)  # what was sent before the cut is readable
+    for sock in readers:
+        reset(sock)
 
     assert len(scrapes) >= 10 and max(scrapes) < 2.0, scrapes
     assert max(thread_counts) <= idle_threads + 8, (idle_threads, thread_counts)  # the workers at most
