@@ -51,7 +51,7 @@ def bcrypt_hash_problem(hashed: str) -> str | None:
     if not _BCRYPT_HASH.fullmatch(hashed):
         if not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
             return "expected a bcrypt hash ($2y$..., 60 characters), not a password"
-        return "not a valid bcrypt hash (a cost of 04 to 31, then 53 characters of salt and hash)"
+        return "not a valid bcrypt hash (a cost of 04 to 31, then 53 characters of . / A-Z a-z 0-9)"
     import bcrypt
 
     # A check at the lowest cost exercises the library's parsing of this salt without paying
@@ -163,10 +163,10 @@ class BasicAuth:
     time, so a successful check is remembered by a keyed digest of the credentials (never the
     password itself), as the exporter-toolkit does.
 
-    Every other answer costs one bcrypt check at a configured cost: an unknown user is checked
-    against a dummy hash (as the exporter-toolkit does) and a password bcrypt cannot check
-    (over 72 bytes) against the user's hash, so the time of a 401 does not tell which user
-    names exist. With users of different costs, an unknown name gets the cost of one of them,
+    Any other well-formed header costs one bcrypt check at a configured cost: an unknown user
+    is checked against a dummy hash (as the exporter-toolkit does) and a password bcrypt
+    cannot check (over 72 bytes) against the user's hash, so the time of a 401 does not tell
+    which user names exist. With users of different costs, an unknown name gets the cost of one of them,
     chosen by a keyed digest of the name, so it times like some known user.
     """
 
