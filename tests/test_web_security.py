@@ -4,6 +4,7 @@ curl-like raw TLS, and a real Prometheus scraping with tls_config and basic_auth
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import logging
 import socket
@@ -12,6 +13,7 @@ import statistics
 import struct
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import bcrypt
@@ -409,3 +411,39 @@ def test_an_oversized_request_head_is_431_and_counted(plain_auth):
     assert reply.startswith(b"HTTP/1.0 431 "), reply
     assert too_large() == before + 1
     assert "Traceback" not in exporter.log()
+
+
+def test_a_flood_of_wrong_passwords_does_not_queue_prometheus(plain_auth):
+    """Each wrong password costs a bcrypt check (~60 ms of CPU at cost 10). 48 clients sending
+    them without pause must not occupy every worker: Prometheus, whose credentials were
+    verified once, is answered meanwhile; the flood gets 401s, or 429s while every bcrypt
+    slot is busy."""
+    exporter = plain_auth
+    url = exporter.url("/metrics")
+    auth = basic("prometheus", PASSWORD)
+    assert http_get(url, headers=auth)[0] == 200  # verified once, remembered
+    stop = threading.Event()
+    answers: list[int] = []
+
+    def flood(n: int) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                answers.append(http_get(url, headers=basic("prometheus" if n % 2 else f"x{n}", "wrong"))[0])
+
+    flooders = [threading.Thread(target=flood, args=(n,), daemon=True) for n in range(48)]
+    for thread in flooders:
+        thread.start()
+    latencies = []
+    try:
+        time.sleep(1)
+        for _ in range(15):
+            status, _, elapsed = http_get(url, headers=auth, timeout=10)
+            assert status == 200
+            latencies.append(elapsed)
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in flooders:
+            thread.join(10)
+    assert set(answers) <= {401, 429} and answers.count(401) > 20, collections.Counter(answers)
+    assert statistics.median(latencies) < 0.25 and max(latencies) < 1.0, latencies

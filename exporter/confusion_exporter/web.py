@@ -181,6 +181,9 @@ class _LandingCache:
             return self._page
 
 
+RETRY = {"Retry-After": "1"}
+
+
 def make_server(
     address: str,
     port: int,
@@ -202,7 +205,13 @@ def make_server(
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             url = urlsplit(self.path)
             path = url.path
-            if path != "/healthz" and not auth.check(self.headers.get("Authorization")):
+            allowed = True if path == "/healthz" else auth.check(self.headers.get("Authorization"))
+            if allowed is None:
+                self._send(
+                    429, "text/plain; charset=utf-8", b"too many password checks at once\n", headers=RETRY
+                )
+                return
+            if not allowed:
                 self._send(
                     401,
                     "text/plain; charset=utf-8",

@@ -45,6 +45,11 @@ _BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{21
 # versions behave the same here: a longer password is never hashed and never accepted.
 MAX_PASSWORD_BYTES = 72
 
+# bcrypt checks run at once, at most: fewer than the endpoint's workers, so a flood of wrong
+# credentials (each a deliberate tens of milliseconds of CPU) cannot occupy every worker and
+# queue Prometheus's scrape, whose verified credentials need no check, behind it.
+CONCURRENT_CHECKS = 4
+
 
 def bcrypt_hash_problem(hashed: str) -> str | None:
     """What is wrong with a bcrypt hash from the web config, or None if the library accepts it."""
@@ -175,13 +180,16 @@ class BasicAuth:
         self._key = hashlib.sha256(repr(sorted(users.items())).encode()).digest()
         self._verified: set[bytes] = set()
         self._lock = threading.Lock()
+        self._checks = threading.BoundedSemaphore(CONCURRENT_CHECKS)
         self._dummies = [_dummy_hash(cost) for cost in sorted({hashed[4:6] for hashed in users.values()})]
 
     @property
     def enabled(self) -> bool:
         return bool(self._users)
 
-    def check(self, header: str | None) -> bool:
+    def check(self, header: str | None) -> bool | None:
+        """True: let in; False: 401; None: every bcrypt slot is busy (429), whoever asks, so
+        the answer tells nothing about the user."""
         if not self._users:
             return True
         credentials = _credentials(header)
@@ -194,6 +202,14 @@ class BasicAuth:
             with self._lock:
                 if token in self._verified:
                     return True
+        if not self._checks.acquire(blocking=False):
+            return None
+        try:
+            return self._check(user, password, hashed, token)
+        finally:
+            self._checks.release()
+
+    def _check(self, user: str, password: str, hashed: str | None, token: bytes) -> bool:
         secret = password.encode("utf-8")
         checkable = password_problem(secret) is None
         if hashed is None:
