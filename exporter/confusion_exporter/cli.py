@@ -252,6 +252,10 @@ def say(text: str, file: TextIO | None = None) -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
+    if config.exporter.web_config is not None:
+        from .webconfig import load_web_config
+
+        load_web_config(config.exporter.web_config)  # its mistakes too, before a start finds them
     # The database URL is checked too when one is set (a URL that reads two ways is a config
     # error); none set is fine here: the config may be checked where the secret is not.
     try:
@@ -443,10 +447,25 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
     import bcrypt
 
-    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    from .webconfig import password_problem
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ").encode("utf-8")
+    else:
+        # Bytes, not text: a password that is not UTF-8 is a mistake to name, not a traceback.
+        password = sys.stdin.buffer.readline().rstrip(b"\n")
     if not password:
         raise ConfigError(["hash-password: empty password"])
-    print(bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=10)).decode("ascii"))
+    try:
+        password.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            ["hash-password: the password is not UTF-8 text (clients send basic-auth passwords as UTF-8)"]
+        ) from None
+    problem = password_problem(password)
+    if problem is not None:
+        raise ConfigError([f"hash-password: {problem}"])
+    print(bcrypt.hashpw(password, bcrypt.gensalt(rounds=10)).decode("ascii"))
     return EXIT_OK
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -573,3 +573,28 @@ PlatformCollector(registry=_PROCESS_REGISTRY)
 def render_process() -> bytes:
     """Render process_* and python_info: a few lines, cheap enough to do per scrape."""
     return generate_latest(_PROCESS_REGISTRY)
+
+
+class _ClientErrorsCollector(Collector):
+    def __init__(self, counts: Mapping[str, int]):
+        self._counts = counts
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "confusion_exporter_http_client_errors",
+            "Connections the endpoint ended because of the client, by reason: tls_handshake, "
+            "disconnect (hung up before the response was sent), head_timeout, head_too_large, "
+            "response_timeout, evicted (a slow head closed to make room). Counted at scrape time.",
+            labels=["reason"],
+        )
+        for reason, count in self._counts.items():
+            family.add_metric([reason], count)
+        yield family
+
+
+def render_client_errors(counts: Mapping[str, int]) -> bytes:
+    """Render the endpoint's client error counters: a few lines, rendered per scrape."""
+    return render(_ClientErrorsCollector(counts))

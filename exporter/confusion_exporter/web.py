@@ -5,17 +5,14 @@ from __future__ import annotations
 import html
 import json
 import logging
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from . import __version__
-from .exposition import CONTENT_TYPE, render_process
+from .exposition import CONTENT_TYPE, render_client_errors, render_process
+from .httpserver import BufferedRequestHandler, EndpointServer
 from .refresher import Published
 from .snapshot import Snapshot, WindowResult
 from .stats.shift import ShiftReport
@@ -184,23 +181,7 @@ class _LandingCache:
             return self._page
 
 
-class _TLSServer(ThreadingHTTPServer):
-    """Hands each connection to its thread before the TLS handshake, so a slow or hostile
-    client can stall only its own thread, never the accept loop."""
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], context: ssl.SSLContext
-    ):
-        self._context = context
-        super().__init__(address, handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        raw, client = self.socket.accept()
-        raw.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
-        return self._context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False), client
-
-
-HANDSHAKE_TIMEOUT_SECONDS = 10
+RETRY = {"Retry-After": "1"}
 
 
 def make_server(
@@ -209,41 +190,45 @@ def make_server(
     published: Callable[[], Published],
     healthy: Callable[[], bool],
     web: WebConfig | None = None,
-) -> ThreadingHTTPServer:
+) -> EndpointServer:
     """Build the HTTP server; ``published`` returns what to serve right now; ``web`` adds
-    TLS and basic authentication (see webconfig)."""
+    TLS and basic authentication (see webconfig). Connections, deadlines and client errors
+    are httpserver's job; this is the routes."""
     landing = _LandingCache()
     reports = _ReportCache()
     auth = BasicAuth(web.basic_auth_users if web else {})
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(BufferedRequestHandler):
         server_version = f"confusion-exporter/{__version__}"
-        timeout = HANDSHAKE_TIMEOUT_SECONDS  # an idle or slow client does not hold a thread for ever
-
-        def setup(self) -> None:
-            if isinstance(self.request, ssl.SSLSocket):
-                try:
-                    self.request.do_handshake()
-                except (OSError, ssl.SSLError) as error:
-                    log.debug("TLS handshake failed: %s", error)
-                    raise
-            super().setup()
+        server: EndpointServer
 
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             url = urlsplit(self.path)
             path = url.path
-            if path != "/healthz" and not auth.check(self.headers.get("Authorization")):
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Basic realm="confusion-exporter", charset="UTF-8"')
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.send_header("Content-Length", "13")
-                self.end_headers()
-                self.wfile.write(b"unauthorized\n")
+            allowed = True if path == "/healthz" else auth.check(self.headers.get("Authorization"))
+            if allowed is None:
+                self._send(
+                    429, "text/plain; charset=utf-8", b"too many password checks at once\n", headers=RETRY
+                )
+                return
+            if not allowed:
+                self._send(
+                    401,
+                    "text/plain; charset=utf-8",
+                    b"unauthorized\n",
+                    headers={"WWW-Authenticate": 'Basic realm="confusion-exporter", charset="UTF-8"'},
+                )
                 return
             if path == "/metrics":
-                # Two writes, not one concatenation: a copy of a multi-megabyte exposition per
+                # Parts, not one concatenation: a copy of a multi-megabyte exposition per
                 # concurrent scrape is what would make memory grow with the scrape load.
-                self._send(200, CONTENT_TYPE, published().metrics_bytes, render_process())
+                self._send(
+                    200,
+                    CONTENT_TYPE,
+                    published().metrics_bytes,
+                    render_process(),
+                    render_client_errors(self.server.client_errors.counts()),
+                )
             elif path == "/healthz":
                 ok = healthy()
                 current = published()
@@ -278,8 +263,12 @@ def make_server(
             else:
                 self._send(404, "text/plain; charset=utf-8", b"not found\n")
 
-        def _send(self, status: int, content_type: str, *parts: bytes) -> None:
+        def _send(
+            self, status: int, content_type: str, *parts: bytes, headers: dict[str, str] | None = None
+        ) -> None:
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(sum(len(p) for p in parts)))
             self.end_headers()
@@ -289,11 +278,4 @@ def make_server(
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             log.debug(format % args)
 
-    context = ssl_context(web) if web is not None else None
-    server = (
-        _TLSServer((address, port), Handler, context)
-        if context
-        else ThreadingHTTPServer((address, port), Handler)
-    )
-    server.daemon_threads = True
-    return server
+    return EndpointServer((address, port), Handler, ssl_context(web) if web is not None else None)
