@@ -152,7 +152,7 @@ class Refresher:
             started = time.monotonic()
             try:
                 with self.engine.connect() as connection, connection.begin():
-                    result = fold(connection, source, bucket_seconds)
+                    result = fold(connection, source, bucket_seconds, self.config.exporter.future_tolerance)
             except Exception as error:  # its monitors fail and retry with backoff
                 failed[source.name] = redact_error(error, self.url)
                 continue
