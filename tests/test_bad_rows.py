@@ -53,6 +53,7 @@ BAD_ROWS = [
     (Row("m", "v1", "-infinity", "cat", None), "non_finite_timestamp"),  # type: ignore[arg-type]
     (Row("m", "v1", IN_CURRENT, "cat", "dog", labeled_at="infinity"), "non_finite_timestamp"),  # type: ignore[arg-type]
     (Row("m", "v1", IN_CURRENT, "cat", "cat", labeled_at="-infinity"), "non_finite_timestamp"),  # type: ignore[arg-type]
+    (Row("m", "v1", None, "cat", "cat"), "missing_timestamp"),  # type: ignore[arg-type]
     # A label dated before its prediction (beyond future_tolerance, 0 here).
     (
         Row("m", "v1", IN_CURRENT, "cat", "dog", labeled_at=IN_CURRENT - timedelta(hours=3)),

@@ -369,6 +369,8 @@ def dirty_reference_tables(admin: sa.Engine, rng: random.Random) -> None:
             at = rng.choice(["infinity", "-infinity"])
         elif i % 45 == 0:
             at = (NOW + timedelta(hours=2)).isoformat()  # future, beyond the bucket holding now
+        elif i % 40 == 0:
+            at = datetime(1901, 1, 1, 0, i % 60, tzinfo=UTC).isoformat()  # negative buckets
         predictions.append(
             {
                 "m": rng.choice(["fraud", "digits", " \t"]) if i % 7 == 0 else "fraud",
@@ -472,7 +474,7 @@ def test_full_query_and_rollup_agree_on_a_dirty_table(seed, clean_reference_sche
             conn,
             dirty_config(rollup=True).sources[0],
             BUCKET,
-            datetime(1970, 1, 1, tzinfo=UTC),
+            datetime(1, 1, 1, tzinfo=UTC),  # what `rebuild --check` covers without --from
             NOW + timedelta(days=3650),
             write=False,
             label_tolerance=timedelta(seconds=5),

@@ -505,7 +505,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
                     f"rebuilt {source.name}: {result.predictions} predictions, {result.labels_changed} labels"
                 )
                 return EXIT_OK
-            start = args.start or datetime.fromtimestamp(0, UTC)
+            start = args.start or datetime(1, 1, 1, tzinfo=UTC)  # rows dated before 1970 too
             end = args.end or _now() + timedelta(days=3650)
             stored, recounted = rollup.recount_range(
                 connection, source, bucket, start, end, write=not args.check, label_tolerance=tolerance

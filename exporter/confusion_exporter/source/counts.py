@@ -24,6 +24,7 @@ from .rejections import (
     LABEL_WITHOUT_PREDICTION,
     MISSING_MODEL,
     MISSING_PREDICTED_CLASS,
+    MISSING_TIMESTAMP,
     NON_FINITE_TIMESTAMP,
     REJECT_REASONS,
     UNKNOWN_CLASS,
@@ -50,6 +51,7 @@ __all__ = [
     "LABEL_WITHOUT_PREDICTION",
     "MISSING_MODEL",
     "MISSING_PREDICTED_CLASS",
+    "MISSING_TIMESTAMP",
     "NON_FINITE_TIMESTAMP",
     "REJECT_REASONS",
     "UNKNOWN_CLASS",
@@ -142,7 +144,8 @@ def count_query(
     window_bucket, in_a_window = window_columns(predicted_at, windows, bucket, unplaced)
     filters: list[sa.ColumnElement[bool]] = [sa.or_(in_a_window, unplaced)]
     if historical:
-        filters.append(sa.not_(is_future))  # it was not written yet
+        # Dated after the instant: not written yet. A row without a date counts as it does live.
+        filters.append(sa.or_(sa.not_(is_future), predicted_at.is_(None)))
     if monitor.model != "*":
         filters.append(table.c[cols.model] == sa.bindparam("model", monitor.model))
     grouped = [

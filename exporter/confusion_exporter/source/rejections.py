@@ -22,6 +22,7 @@ from ..blank import BLANK_CHARACTERS
 # A fixed set, so every reason can be exported as 0.
 FUTURE_TIMESTAMP = "future_timestamp"
 NON_FINITE_TIMESTAMP = "non_finite_timestamp"  # 'infinity' or '-infinity': no instant at all
+MISSING_TIMESTAMP = "missing_timestamp"  # predicted_at NULL: no window can hold the row
 MISSING_MODEL = "missing_model"  # NULL or blank
 MISSING_PREDICTED_CLASS = "missing_predicted_class"
 LABEL_WITHOUT_PREDICTION = "label_without_prediction"
@@ -31,6 +32,7 @@ UNKNOWN_CLASS = "unknown_class"  # outside the configured classes: decided in ma
 REJECT_REASONS = (
     FUTURE_TIMESTAMP,
     NON_FINITE_TIMESTAMP,
+    MISSING_TIMESTAMP,
     MISSING_MODEL,
     MISSING_PREDICTED_CLASS,
     LABEL_WITHOUT_PREDICTION,
@@ -60,10 +62,15 @@ def blank(expr: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
     return sa.or_(expr.is_(None), sa.func.btrim(expr, sa.literal_column(_BLANK_SQL, sa.Text)) == "")
 
 
-def no_instant(timestamp: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+def non_finite(timestamp: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
     """``'infinity'``/``'-infinity'``: they compare, but any arithmetic on them fails the
     statement (a delay, a bucket number), so they are tested before anything computes."""
     return sa.not_(sa.func.isfinite(timestamp))
+
+
+def no_instant(timestamp: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """NULL or non-finite: a prediction time no window can hold."""
+    return sa.or_(timestamp.is_(None), non_finite(timestamp))
 
 
 def rejection_reason(
@@ -81,12 +88,14 @@ def rejection_reason(
     """
     labeled = row.actual.is_not(None)
     branches: list[tuple[sa.ColumnElement[bool], str]] = [
-        (no_instant(row.predicted_at), NON_FINITE_TIMESTAMP)
+        (row.predicted_at.is_(None), MISSING_TIMESTAMP),
+        (non_finite(row.predicted_at), NON_FINITE_TIMESTAMP),
     ]
     if is_future is not None:
         branches.append((is_future, FUTURE_TIMESTAMP))
     if row.labeled_at is not None:
-        branches.append((sa.and_(labeled, no_instant(row.labeled_at)), NON_FINITE_TIMESTAMP))
+        # A label without labeled_at is counted (with no delay): many tables leave it empty.
+        branches.append((sa.and_(labeled, non_finite(row.labeled_at)), NON_FINITE_TIMESTAMP))
     branches += [
         (blank(row.model), MISSING_MODEL),
         (sa.and_(blank(row.predicted), sa.not_(blank(row.actual))), LABEL_WITHOUT_PREDICTION),

@@ -450,8 +450,8 @@ def recount_range(
                          ORDER BY o.id DESC LIMIT 1
                   ) l ON true
                  WHERE p.id <= :pwm AND p.id <> ALL(:ppending)
-                   AND ((p.predicted_at >= to_timestamp(:first * :bucket)
-                         AND p.predicted_at < to_timestamp(:end * :bucket))
+                   AND ((p.predicted_at >= to_timestamp(CAST(:first AS bigint) * :bucket)
+                         AND p.predicted_at < to_timestamp(CAST(:end AS bigint) * :bucket))
                         OR p.predicted_at IN ('infinity', '-infinity'))
                  GROUP BY 1, 2, 3, 4, 5, 6, 7
                 """
@@ -525,7 +525,8 @@ def _hours_from_base(connection: Connection, params: dict[str, Any], write: bool
         f"SELECT source, 1 AS tier, CASE WHEN bucket = {NO_TIME} THEN bucket "
         "ELSE floor(bucket::numeric / :per_hour)::bigint END AS bucket, model, version, segment, predicted, "
         f"actual, reason, sum(n) AS n, sum(delay_sum) AS delay_sum FROM {CELLS} WHERE source = :source "
-        f"AND tier = 0 AND ((bucket >= :hf * :per_hour AND bucket < :he * :per_hour) OR bucket = {NO_TIME}) "
+        "AND tier = 0 AND ((bucket >= CAST(:hf AS bigint) * :per_hour AND bucket < CAST(:he AS bigint) * :per_hour) "
+        f"OR bucket = {NO_TIME}) "
         "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9"
     )
     in_hours = f"((bucket >= :hf AND bucket < :he) OR bucket = {NO_TIME})"
