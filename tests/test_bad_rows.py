@@ -237,6 +237,21 @@ def test_score_aggregates_leave_out_the_rows_the_matrix_rejects(admin_engine, ex
     assert window.confidence.high_confidence_errors == 0  # the rejected 0.9 rows are not in it
 
 
+def test_score_aggregates_leave_out_classes_outside_the_configured_set(admin_engine, exporter_url):
+    table = create_scored_events(admin_engine)
+    rows = [Row("m", "v1", IN_CURRENT, "cat", c, score=0.6) for c in ("cat", "dog", "dog")]
+    rows += [
+        Row("m", "v1", IN_CURRENT, "lion", "cat", score=0.99),
+        Row("m", "v1", IN_CURRENT, "cat", "lion", score=0.99),
+    ]
+    insert_rows(admin_engine, table, rows)
+    config = make_config(table, extra_monitor={"classes": ["cat", "dog"]})
+    window = current_slice(snapshot_at(config, exporter_url))[("m", "v1")].windows["current"]
+    assert window.counts.rejected["unknown_class"] == 2 and window.counts.labeled_total == 3
+    assert window.confidence is not None and window.confidence.scored == 3
+    assert window.confidence.high_confidence_errors == 0
+
+
 def test_baseline_capture_report_and_gate_count_bad_rows_without_failing(admin_engine, exporter_url):
     from datetime import UTC, datetime
 
