@@ -59,7 +59,12 @@ _BLANK_SQL = "E'" + "".join(f"\\u{ord(c):04x}" for c in BLANK_CHARACTERS) + "'"
 
 def blank(expr: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
     """NULL, or nothing left after stripping the blank characters (the config's rule too)."""
-    return sa.or_(expr.is_(None), sa.func.btrim(expr, sa.literal_column(_BLANK_SQL, sa.Text)) == "")
+    characters = sa.literal_column(_BLANK_SQL, sa.Text)
+    # btrim with a set costs 3x plain btrim per row (1M rows: 0.35 s against 0.16 s); a name
+    # whose first character is not blank is not blank, and that test costs what btrim did.
+    # ('' passes it: strpos(set, '') is 1.)
+    starts_blank = sa.func.strpos(characters, sa.func.left(expr, 1)) > 0
+    return sa.or_(expr.is_(None), sa.and_(starts_blank, sa.func.btrim(expr, characters) == ""))
 
 
 def non_finite(timestamp: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
