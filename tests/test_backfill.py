@@ -118,7 +118,11 @@ def test_a_past_instant_leaves_out_the_rows_written_after_it(admin_engine, expor
     ]
     after = [Row("m", "v1", at + timedelta(minutes=m, seconds=7), "b", "b") for m in range(1, 11)]
     after += [Row("m", "v1", NOW + timedelta(days=1), "b", None), Row("m", "v1", "infinity", "b", None)]  # type: ignore[arg-type]
-    insert_rows(admin_engine, table, before + after)
+    labels_without_instant = [
+        Row("m", "v1", at - timedelta(minutes=3), "a", "a", labeled_at="-infinity"),  # type: ignore[arg-type]
+        Row("m", "v1", at - timedelta(minutes=3), "a", "a", labeled_at="infinity"),  # type: ignore[arg-type]
+    ]
+    insert_rows(admin_engine, table, before + after + labels_without_instant)
     config = make_config(table, model="m")
     refresher = Refresher(config, DatabaseUrl(exporter_url), clock=lambda: at, historical=True)
     try:
@@ -127,12 +131,14 @@ def test_a_past_instant_leaves_out_the_rows_written_after_it(admin_engine, expor
         refresher.engine.dispose()
     assert refresher.published.snapshot is not None
     then = refresher.published.snapshot.monitors["shop:m"].slices[0].windows["current"].counts
-    assert (then.labeled_total, then.unlabeled_total) == (20, 0)
-    assert then.rejected["future_timestamp"] == 0 and not any(then.rejected.values())
+    # A label dated 'infinity' has not arrived at any instant; '-infinity' has, and is rejected.
+    assert (then.labeled_total, then.unlabeled_total) == (20, 1)
+    assert then.rejected["future_timestamp"] == 0
+    assert {k: v for k, v in then.rejected.items() if v} == {"non_finite_timestamp": 1}
     live = snapshot_at(config, exporter_url, at).monitors["shop:m"].slices[0].windows["current"].counts
     assert live.labeled_total == 20
     assert live.rejected["future_timestamp"] == len(after) - 1  # live: today's rule
-    assert live.rejected["non_finite_timestamp"] == 1
+    assert live.rejected["non_finite_timestamp"] == 3
     # backfill is the same historical evaluation at each step: every step says 0.
     engine = reader_engine(
         DatabaseUrl(exporter_url),
@@ -150,4 +156,5 @@ def test_a_past_instant_leaves_out_the_rows_written_after_it(admin_engine, expor
     ]
     future = [line for line in lines if 'reason="future_timestamp"' in line]
     assert len(future) == 3 and all(line.split()[1] == "0.0" for line in future), future
-    assert all(line.split()[1] == "0.0" for line in lines), lines
+    others = [line for line in lines if 'reason="non_finite_timestamp"' not in line]
+    assert all(line.split()[1] == "0.0" for line in others), others
