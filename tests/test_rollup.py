@@ -486,3 +486,54 @@ def test_full_query_and_rollup_agree_on_a_dirty_table(seed, clean_reference_sche
     }
     assert not differing, differing
     assert any(k[0] == -(2**63) for k in recounted)  # the no-instant rows are recounted too
+
+
+def test_rebuild_check_covers_rows_before_1970_and_rows_without_an_instant(
+    clean_reference_schema, exporter_url, cli, tmp_path
+):
+    import yaml
+
+    from .conftest import run_cli
+
+    with sa.create_engine(exporter_url).begin() as conn:
+        reset(conn, "ref")
+    dirty_reference_tables(clean_reference_schema, random.Random(7))
+    path = tmp_path / "rollup.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "exporter": {"future_tolerance": "5s"},
+                "sources": [{**REFERENCE_SOURCE, "rollup": True}],
+                "monitors": [
+                    {
+                        "source": "ref",
+                        "model": "*",
+                        "window": "1h",
+                        "reference": {"kind": "trailing", "length": "3h"},
+                    }
+                ],
+            }
+        )
+    )
+    env = {"DATABASE_URL": exporter_url}
+
+    def rebuild(*args: str):  # type: ignore[no-untyped-def]
+        return run_cli(cli, "rebuild", "--config", str(path), "--source", "ref", *args, env=env)
+
+    assert rebuild().returncode == 0
+    check = rebuild("--check")
+    assert check.returncode == 0 and " 0 differ" in check.stdout, check.stdout + check.stderr
+    with clean_reference_schema.begin() as conn:
+        for where in ("bucket < 0 AND bucket > -(2^62)::bigint", f"bucket = {-(2**63)}"):
+            conn.execute(
+                sa.text(
+                    "UPDATE confusion_exporter.rollup_cells SET n = n + 3 WHERE ctid = (SELECT ctid FROM "
+                    f"confusion_exporter.rollup_cells WHERE source = 'ref' AND tier = 0 AND {where} LIMIT 1)"
+                )
+            )
+    damaged = rebuild("--check")
+    # The two damaged cells differ, and the hours summed from them (reported as one entry).
+    assert damaged.returncode == 1 and " 3 differ" in damaged.stdout, damaged.stdout + damaged.stderr
+    repair = rebuild("--from", "1900-01-01T00:00:00Z", "--to", NOW.isoformat())
+    assert repair.returncode == 0, repair.stderr
+    assert rebuild("--check").returncode == 0
