@@ -320,3 +320,41 @@ def test_blank_class_names_in_the_config_are_config_errors(blank):
     with pytest.raises(ConfigError) as error:
         make_config("shop_ml.t", extra_monitor={"classes": ["cat", blank]})
     assert "monitors[0].classes" in str(error.value)
+
+
+@pytest.mark.parametrize("time_type", ["timestamp", "timestamptz", "date"])
+def test_non_finite_times_in_other_column_types(time_type, admin_engine, exporter_url):
+    """Users' tables hold naive timestamps or dates too; 'infinity' is valid in each."""
+    import secrets
+
+    name = f"shop_ml.times_{secrets.token_hex(4)}"
+    with admin_engine.begin() as conn:
+        conn.execute(sa.text('CREATE SCHEMA IF NOT EXISTS "shop_ml"'))
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE {name} (clf text, clf_ver text, ts {time_type}, yhat text, y text, "
+                f"y_at {time_type}, conf double precision, region text)"
+            )
+        )
+        conn.execute(sa.text('GRANT USAGE ON SCHEMA "shop_ml" TO confusion_exporter'))
+        conn.execute(sa.text(f"GRANT SELECT ON {name} TO confusion_exporter"))
+        day = IN_CURRENT.date() if time_type == "date" else IN_CURRENT.replace(tzinfo=None)
+        rows = [
+            {"ts": day, "y_at": day, "y": "cat"},
+            {"ts": day, "y_at": "infinity", "y": "cat"},
+            {"ts": "-infinity", "y_at": day, "y": "cat"},
+            {"ts": "infinity", "y_at": None, "y": None},
+        ]
+        for row in rows:
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO {name} (clf, clf_ver, ts, yhat, y, y_at) "
+                    f"VALUES ('m', 'v1', CAST(:ts AS {time_type}), 'cat', :y, CAST(:y_at AS {time_type}))"
+                ),
+                {k: str(v) if v is not None else None for k, v in row.items()},
+            )
+    # A date column puts the row at midnight; a window of a day holds it.
+    config = make_config(name, window="1d", reference={"kind": "trailing", "length": "1d"})
+    window = current_slice(snapshot_at(config, exporter_url))[("m", "v1")].windows["current"].counts
+    assert window.rejected["non_finite_timestamp"] == 3
+    assert window.labeled_total == 1

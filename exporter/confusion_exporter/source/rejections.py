@@ -124,7 +124,10 @@ def label_delay_seconds(row: RowFields) -> sa.ColumnElement[Any]:
     measurable = sa.and_(
         row.actual.is_not(None), sa.func.isfinite(row.predicted_at), sa.func.isfinite(row.labeled_at)
     )
-    delay = sa.func.greatest(sa.extract("epoch", row.labeled_at - row.predicted_at), 0)
+    # As timestamptz: a date minus a date is a number of days, which has no epoch.
+    instant = sa.DateTime(timezone=True)
+    elapsed = sa.cast(row.labeled_at, instant) - sa.cast(row.predicted_at, instant)
+    delay = sa.func.greatest(sa.extract("epoch", elapsed), 0)
     return sa.case((measurable, delay), else_=sa.null())
 
 
