@@ -97,7 +97,9 @@ class _Columns:
             self.filters.append(table.c[cols.model] == sa.bindparam("model", scope.monitor.model))
         if scope.monitor.classes is not None:
             # The matrix rejects other classes as unknown_class (matrices.py); so do the scores.
-            configured = sa.bindparam("configured_classes", list(scope.monitor.classes), expanding=True)
+            configured: sa.BindParameter[list[str]] = sa.bindparam(
+                "configured_classes", list(scope.monitor.classes), expanding=True
+            )
             self.filters += [self.predicted.in_(configured), self.actual.in_(configured)]
 
     def grouped(
