@@ -102,3 +102,59 @@ def test_a_past_instant_counts_only_the_labels_that_had_arrived(admin_engine, ex
     # The live view at the same instant counts every label already in the table.
     live = snapshot_at(config, exporter_url, at).monitors["shop:m"].slices[0].windows["current"].counts
     assert (live.labeled_total, live.unlabeled_total) == (3, 0)
+
+
+def test_a_past_instant_leaves_out_the_rows_written_after_it(admin_engine, exporter_url, tmp_path):
+    """At T, rows dated after T did not exist: a historical evaluation leaves them out (and
+    reports future_timestamp 0); a live one at the same instant counts them as future."""
+    from confusion_exporter.backfill import backfill
+    from confusion_exporter.source.database import reader_engine
+
+    table = create_scored_events(admin_engine)
+    at = NOW.replace(second=0) - timedelta(minutes=30)
+    before = [
+        Row("m", "v1", at - timedelta(minutes=m), "a", "ab"[m % 2], labeled_at=at - timedelta(seconds=m))
+        for m in range(1, 21)
+    ]
+    after = [Row("m", "v1", at + timedelta(minutes=m, seconds=7), "b", "b") for m in range(1, 11)]
+    after += [Row("m", "v1", NOW + timedelta(days=1), "b", None), Row("m", "v1", "infinity", "b", None)]  # type: ignore[arg-type]
+    labels_without_instant = [
+        Row("m", "v1", at - timedelta(minutes=3), "a", "a", labeled_at="-infinity"),  # type: ignore[arg-type]
+        Row("m", "v1", at - timedelta(minutes=3), "a", "a", labeled_at="infinity"),  # type: ignore[arg-type]
+    ]
+    insert_rows(admin_engine, table, before + after + labels_without_instant)
+    config = make_config(table, model="m")
+    refresher = Refresher(config, DatabaseUrl(exporter_url), clock=lambda: at, historical=True)
+    try:
+        assert refresher.refresh(), refresher.health.last_error
+    finally:
+        refresher.engine.dispose()
+    assert refresher.published.snapshot is not None
+    then = refresher.published.snapshot.monitors["shop:m"].slices[0].windows["current"].counts
+    # A label dated 'infinity' has not arrived at any instant; '-infinity' has, and is rejected.
+    assert (then.labeled_total, then.unlabeled_total) == (20, 1)
+    assert then.rejected["future_timestamp"] == 0
+    assert {k: v for k, v in then.rejected.items() if v} == {"non_finite_timestamp": 1}
+    live = snapshot_at(config, exporter_url, at).monitors["shop:m"].slices[0].windows["current"].counts
+    assert live.labeled_total == 20
+    assert live.rejected["future_timestamp"] == len(after) - 1  # live: today's rule
+    assert live.rejected["non_finite_timestamp"] == 3
+    # backfill is the same historical evaluation at each step: every step says 0.
+    engine = reader_engine(
+        DatabaseUrl(exporter_url),
+        statement_timeout=timedelta(seconds=20),
+        connect_timeout=timedelta(seconds=5),
+    )
+    try:
+        result = backfill(engine, config, at - timedelta(minutes=10), at, timedelta(minutes=5), tmp_path)
+    finally:
+        engine.dispose()
+    lines = [
+        line
+        for line in result.path.read_text().splitlines()
+        if line.startswith("confusion_rejected_rows{") and 'window="current"' in line
+    ]
+    future = [line for line in lines if 'reason="future_timestamp"' in line]
+    assert len(future) == 3 and all(line.split()[1] == "0.0" for line in future), future
+    others = [line for line in lines if 'reason="non_finite_timestamp"' not in line]
+    assert all(line.split()[1] == "0.0" for line in others), others

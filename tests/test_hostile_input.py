@@ -115,23 +115,39 @@ class_names = st.one_of(
     st.sampled_from(
         ["", "  ", 'q"uote', "back\\slash", "new\nline", "tab\t", "<b>&</b>", "__other__", "__null__"]
     ),
+    st.sampled_from([" \t", "\n", "\r\n", "\u00a0", "\u2003\u3000", "\u200b", "\ufeff "]),  # blank
     st.text(
         st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1, max_size=40
     ),
     st.text(alphabet="ab", min_size=300, max_size=600),
 )
+NO_INSTANT = ["infinity", "-infinity", None]  # timestamps no window holds
 times = st.one_of(
     st.integers(-4 * 3600, 120).map(lambda s: NOW + timedelta(seconds=s)),
     st.integers(1, 3).map(lambda s: NOW + timedelta(seconds=s)),  # after now, inside the current bucket
     st.sampled_from(
         [datetime(1901, 1, 1, tzinfo=UTC), datetime(2250, 1, 1, tzinfo=UTC), NOW + timedelta(days=400)]
     ),
+    st.sampled_from(NO_INSTANT),
 )
+# Seconds from the prediction to its label (negative: a label dated before its prediction).
+label_offsets = st.one_of(st.none(), st.integers(-5 * 3600, 5 * 3600), st.sampled_from(NO_INSTANT))
+
+
+def labeled_at(ts, offset):  # type: ignore[no-untyped-def]
+    if offset is None or isinstance(offset, str) or not isinstance(ts, datetime):
+        return offset if isinstance(offset, str) else None
+    return ts + timedelta(seconds=offset)
+
+
 hostile_rows = st.lists(
     st.builds(
-        lambda model, ts, predicted, actual, score: Row(model, "v1", ts, predicted, actual, score=score),
+        lambda model, ts, predicted, actual, score, offset: Row(
+            model, "v1", ts, predicted, actual, score=score, labeled_at=labeled_at(ts, offset)
+        ),
         model=st.sampled_from(["m", None, "", "evil\nmodel"]),
         ts=times,
+        offset=label_offsets,
         predicted=class_names,
         actual=class_names,
         score=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=False, width=64)),
@@ -166,15 +182,20 @@ def test_hostile_values_give_a_valid_exposition_and_leave_other_counts_exact(
     # as unlabeled, folded, or as a rejection with its reason.
     current = next((s for s in monitor.slices if s.key.model == "m"), None)
     window = monitor.windows[0]
-    in_current = [r for r in rows if r.model == "m" and window.start <= r.ts < window.end and r.ts <= NOW]
-    future = [r for r in rows if r.model == "m" and r.ts > NOW]
+    dated = [r for r in rows if r.model == "m" and isinstance(r.ts, datetime)]
+    in_current = [r for r in dated if window.start <= r.ts < window.end and r.ts <= NOW]
+    future = [r for r in dated if r.ts > NOW]
+    undated = [r for r in rows if r.model == "m" and r.ts in NO_INSTANT]  # counted in the current window
     if current is not None:
         counts = current.windows["current"].counts
         total = counts.labeled_total + counts.unlabeled_total + sum(counts.rejected.values())
-        assert total == len(in_current) + len(future)
+        assert total == len(in_current) + len(future) + len(undated)
         assert counts.rejected["future_timestamp"] == len(future)
+        assert counts.rejected["non_finite_timestamp"] >= sum(1 for r in undated if r.ts is not None)
+        assert counts.rejected["missing_timestamp"] == sum(1 for r in undated if r.ts is None)
+        assert not counts.mean_label_delay_seconds < 0
     else:
-        assert not in_current and not future
+        assert not in_current and not future and not undated
 
 
 def test_ten_thousand_classes_stay_within_the_cap_and_the_overflow_is_counted(

@@ -3,6 +3,7 @@ late and corrected labels, aborted transactions, restarts and interrupted folds.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from datetime import UTC, datetime, timedelta
@@ -48,7 +49,10 @@ def recount(connection: sa.Connection) -> dict[tuple, tuple[int, float]]:  # typ
                              AND NOT (true_class IS NULL OR btrim(true_class) = '') THEN 'label_without_prediction'
                         WHEN predicted_class IS NULL OR btrim(predicted_class) = '' THEN 'missing_predicted_class'
                         WHEN true_class IS NOT NULL AND btrim(true_class) = '' THEN 'empty_true_class' END,
-                   count(*), coalesce(sum(extract(epoch FROM labeled_at - predicted_at)), 0)
+                   count(*),
+                   -- a delay is the label's: none for a label row without a class
+                   coalesce(sum(CASE WHEN true_class IS NOT NULL
+                                     THEN greatest(extract(epoch FROM labeled_at - predicted_at), 0) END), 0)
               FROM inference.labeled_predictions
              GROUP BY 1, 2, 3, 4, 5, 6, 7
             """
@@ -355,3 +359,185 @@ def test_rebuild_detects_and_repairs_a_damaged_rollup(clean_reference_schema, ex
         assert_equal(conn)
     wrong = run_cli(cli, "rebuild", "--config", str(path), "--source", "nope", env=env)
     assert wrong.returncode == 2 and "--source: 'nope' is not a source with rollup enabled" in wrong.stderr
+
+
+DIRTY_CLASSES = ["cat", "dog", "bird", None, "", " \t", "\n", "\u00a0\u2003", "\u200b", "\u3000"]
+
+
+def dirty_reference_tables(admin: sa.Engine, rng: random.Random) -> None:
+    """Predictions and labels with every kind of bad row, written through the reference schema."""
+    predictions = []
+    for i in range(600):
+        at: str = (NOW - timedelta(seconds=rng.uniform(60, 4 * 3600))).isoformat()
+        if i % 50 == 0:
+            at = rng.choice(["infinity", "-infinity"])
+        elif i % 45 == 0:
+            at = (NOW + timedelta(hours=2)).isoformat()  # future, beyond the bucket holding now
+        elif i % 40 == 0:
+            at = datetime(1901, 1, 1, 0, i % 60, tzinfo=UTC).isoformat()  # negative buckets
+        predictions.append(
+            {
+                "m": rng.choice(["fraud", "digits", " \t"]) if i % 7 == 0 else "fraud",
+                "v": rng.choice(["v1", "v2"]),
+                "at": at,
+                "p": rng.choice(DIRTY_CLASSES) if i % 3 == 0 else rng.choice(["cat", "dog", "bird"]),
+            }
+        )
+    with admin.begin() as conn:
+        ids = conn.execute(
+            sa.text(
+                "INSERT INTO inference.predictions (model_name, model_version, predicted_at, predicted_class) "
+                "SELECT m, v, CAST(at AS timestamptz), p FROM json_to_recordset(CAST(:rows AS json)) "
+                "AS r(m text, v text, at text, p text) "
+                "RETURNING id, CASE WHEN isfinite(predicted_at) THEN predicted_at END"
+            ),
+            {"rows": json.dumps(predictions)},
+        ).fetchall()
+    labels = []
+    for pid, predicted_at in ids:
+        for _ in range(rng.choice([0, 1, 1, 2])):  # unlabeled, labeled, corrected
+            kind = rng.random()
+            if kind < 0.08:
+                labeled_at = rng.choice(["infinity", "-infinity"])
+            elif predicted_at is None or kind < 0.12:
+                labeled_at = NOW.isoformat()
+            elif kind < 0.2:
+                labeled_at = (predicted_at - timedelta(seconds=rng.uniform(6, 5 * 3600))).isoformat()  # bad
+            elif kind < 0.3:
+                labeled_at = (predicted_at - timedelta(seconds=rng.uniform(0, 5))).isoformat()  # skew
+            else:
+                labeled_at = (predicted_at + timedelta(seconds=rng.uniform(1, 3600))).isoformat()
+            labels.append({"p": pid, "c": rng.choice(DIRTY_CLASSES), "at": labeled_at})
+    with admin.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO inference.labels (prediction_id, true_class, labeled_at) "
+                "VALUES (:p, :c, CAST(:at AS timestamptz))"
+            ),
+            labels,
+        )
+
+
+def dirty_config(rollup: bool):  # type: ignore[no-untyped-def]
+    return config_from_mapping(
+        {
+            "exporter": {"future_tolerance": "5s"},
+            "sources": [{**REFERENCE_SOURCE, "rollup": rollup}],
+            "monitors": [
+                {
+                    "source": "ref",
+                    "model": "*",
+                    "window": "1h",
+                    "reference": {"kind": "trailing", "length": "3h"},
+                }
+            ],
+        },
+        env={},
+    )
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_full_query_and_rollup_agree_on_a_dirty_table(seed, clean_reference_schema, exporter_url):
+    """Same rows, two paths: every count, every rejection by reason and the mean delay agree."""
+    from confusion_exporter.source.rollup import recount_range
+
+    rng = random.Random(seed)
+    with sa.create_engine(exporter_url).begin() as conn:
+        reset(conn, "ref")
+    dirty_reference_tables(clean_reference_schema, rng)
+    incremental = snapshot_at(dirty_config(rollup=True), exporter_url).monitors["ref:*"]
+    full = snapshot_at(dirty_config(rollup=False), exporter_url).monitors["ref:*"]
+    assert [s.key for s in incremental.slices] == [s.key for s in full.slices]
+    seen: dict[str, int] = {}
+    for a, b in zip(incremental.slices, full.slices, strict=True):
+        for window in ("current", "reference"):
+            x, y = a.windows[window].counts, b.windows[window].counts
+            assert x.classes == y.classes, a.key
+            assert (x.matrix == y.matrix).all() and (x.unlabeled == y.unlabeled).all(), a.key
+            assert dict(x.rejected) == dict(y.rejected), (a.key, window)
+            assert x.mean_label_delay_seconds == pytest.approx(y.mean_label_delay_seconds, nan_ok=True)
+            assert not x.mean_label_delay_seconds < 0
+            for reason, n in y.rejected.items():
+                seen[reason] = seen.get(reason, 0) + n
+    for reason in (
+        "non_finite_timestamp",
+        "label_before_prediction",
+        "future_timestamp",
+        "missing_model",
+        "missing_predicted_class",
+        "label_without_prediction",
+        "empty_true_class",
+    ):
+        assert seen[reason] > 0, (reason, seen)
+    assert not any(
+        c.strip() == "" or c == "\u200b" for s in full.slices for c in s.windows["current"].counts.classes
+    )
+    # `rebuild --check` over everything: the recount agrees with what the folds stored.
+    with sa.create_engine(exporter_url).connect() as conn, conn.begin():
+        stored_cells, recounted = recount_range(
+            conn,
+            dirty_config(rollup=True).sources[0],
+            BUCKET,
+            datetime(1, 1, 1, tzinfo=UTC),  # what `rebuild --check` covers without --from
+            NOW + timedelta(days=3650),
+            write=False,
+            label_tolerance=timedelta(seconds=5),
+        )
+    differing = {
+        k
+        for k in stored_cells.keys() | recounted.keys()
+        if stored_cells.get(k, (0,))[0] != recounted.get(k, (0,))[0]
+    }
+    assert not differing, differing
+    assert any(k[0] == -(2**63) for k in recounted)  # the no-instant rows are recounted too
+
+
+def test_rebuild_check_covers_rows_before_1970_and_rows_without_an_instant(
+    clean_reference_schema, exporter_url, cli, tmp_path
+):
+    import yaml
+
+    from .conftest import run_cli
+
+    with sa.create_engine(exporter_url).begin() as conn:
+        reset(conn, "ref")
+    dirty_reference_tables(clean_reference_schema, random.Random(7))
+    path = tmp_path / "rollup.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "exporter": {"future_tolerance": "5s"},
+                "sources": [{**REFERENCE_SOURCE, "rollup": True}],
+                "monitors": [
+                    {
+                        "source": "ref",
+                        "model": "*",
+                        "window": "1h",
+                        "reference": {"kind": "trailing", "length": "3h"},
+                    }
+                ],
+            }
+        )
+    )
+    env = {"DATABASE_URL": exporter_url}
+
+    def rebuild(*args: str):  # type: ignore[no-untyped-def]
+        return run_cli(cli, "rebuild", "--config", str(path), "--source", "ref", *args, env=env)
+
+    assert rebuild().returncode == 0
+    check = rebuild("--check")
+    assert check.returncode == 0 and " 0 differ" in check.stdout, check.stdout + check.stderr
+    with clean_reference_schema.begin() as conn:
+        for where in ("bucket < 0 AND bucket > -(2^62)::bigint", f"bucket = {-(2**63)}"):
+            conn.execute(
+                sa.text(
+                    "UPDATE confusion_exporter.rollup_cells SET n = n + 3 WHERE ctid = (SELECT ctid FROM "
+                    f"confusion_exporter.rollup_cells WHERE source = 'ref' AND tier = 0 AND {where} LIMIT 1)"
+                )
+            )
+    damaged = rebuild("--check")
+    # The two damaged cells differ, and the hours summed from them (reported as one entry).
+    assert damaged.returncode == 1 and " 3 differ" in damaged.stdout, damaged.stdout + damaged.stderr
+    repair = rebuild("--from", "1900-01-01T00:00:00Z", "--to", NOW.isoformat())
+    assert repair.returncode == 0, repair.stderr
+    assert rebuild("--check").returncode == 0

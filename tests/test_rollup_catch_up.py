@@ -75,7 +75,7 @@ def test_bounded_folds_stay_equal_to_a_recount_of_what_they_folded(
                 writers.pop(rng.randrange(len(writers))).finish(commit=rng.random() < 0.85)
             else:
                 with exporter.connect() as conn, conn.begin():
-                    result = fold(conn, source, BUCKET, rng.choice([1, 2, 3, 10]))
+                    result = fold(conn, source, BUCKET, batch_rows=rng.choice([1, 2, 3, 10]))
                 limited += not result.caught_up
                 with exporter.connect() as conn:
                     assert_equal_to_what_was_folded(conn, config)
@@ -85,7 +85,7 @@ def test_bounded_folds_stay_equal_to_a_recount_of_what_they_folded(
         deadline = time.monotonic() + 30
         while True:
             with exporter.connect() as conn, conn.begin():
-                result = fold(conn, source, BUCKET, 7)
+                result = fold(conn, source, BUCKET, batch_rows=7)
             with exporter.connect() as conn:
                 assert_equal_to_what_was_folded(conn, config)
             done = result.caught_up and result.pending_predictions == result.pending_labels == 0

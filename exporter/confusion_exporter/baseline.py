@@ -42,7 +42,9 @@ def capture_baseline(
                 ]
             )
     window = Window(REFERENCE, start, end)
-    query = count_query(config.source(monitor.source), monitor, (window,), now, settings.bucket)
+    query = count_query(
+        config.source(monitor.source), monitor, (window,), now, settings.bucket, settings.future_tolerance
+    )
     with engine.begin() as connection:
         rows = fetch_counts(connection, query)
         slices = build_slices(

@@ -573,19 +573,20 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             [f"--source: {args.source!r} is not a source with rollup enabled (those: {with_rollup})"]
         )
     bucket = int(config.exporter.bucket.total_seconds())
+    tolerance = config.exporter.future_tolerance  # the rollup's reasons depend on it
     engine = admin_engine(resolve_database_url(config))
     try:
         with engine.connect() as connection, connection.begin():
             if args.start is None and args.end is None and not args.check:
-                result = rollup.rebuild(connection, source, bucket)
+                result = rollup.rebuild(connection, source, bucket, tolerance)
                 print(
                     f"rebuilt {source.name}: {result.predictions} predictions, {result.labels_changed} labels"
                 )
                 return EXIT_OK
-            start = args.start or datetime.fromtimestamp(0, UTC)
+            start = args.start or datetime(1, 1, 1, tzinfo=UTC)  # rows dated before 1970 too
             end = args.end or _now() + timedelta(days=3650)
             stored, recounted = rollup.recount_range(
-                connection, source, bucket, start, end, write=not args.check
+                connection, source, bucket, start, end, write=not args.check, label_tolerance=tolerance
             )
     finally:
         engine.dispose()

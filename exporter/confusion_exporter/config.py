@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from .blank import is_blank
 from .database_url import DatabaseUrl, UrlProblem, check_database_url
 from .stats.shift import ShiftParameters
 
@@ -125,8 +126,8 @@ class ColumnMap(_Strict):
     @field_validator("*")
     @classmethod
     def _identifier(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("column name must not be empty")
+        if value is not None and is_blank(value):
+            raise ValueError("column name must not be empty or only whitespace")
         return value
 
 
@@ -161,7 +162,7 @@ class SourceConfig(_Strict):
     @classmethod
     def _qualified_name(cls, value: str) -> str:
         parts = value.split(".")
-        if len(parts) > 2 or any(not p.strip() for p in parts):
+        if len(parts) > 2 or any(is_blank(p) for p in parts):
             raise ValueError(f"expected 'table' or 'schema.table', got {value!r}")
         return value
 
@@ -194,6 +195,13 @@ class VersionReference(_Strict):
     kind: Literal["version"]
     version: str = Field(min_length=1)
 
+    @field_validator("version")
+    @classmethod
+    def _version_not_blank(cls, value: str) -> str:
+        if is_blank(value):
+            raise ValueError("must not be only whitespace; name the stable version, e.g. v1")
+        return value
+
 
 class BaselineReference(_Strict):
     """A named matrix captured once (``confusion-exporter baseline capture``) and stored."""
@@ -212,6 +220,14 @@ class MonitorConfig(_Strict):
 
     source: str
     model: str = Field(min_length=1)
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_blank(cls, value: str) -> str:
+        if is_blank(value):
+            raise ValueError("must not be only whitespace; name a model or use '*' for each model")
+        return value
+
     name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     window: Duration
     label_delay: Duration = timedelta(0)
@@ -283,8 +299,10 @@ class MonitorConfig(_Strict):
     def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
             return value
-        if any(not c.strip() for c in value):
-            raise ValueError("class names must not be empty")
+        if any(is_blank(c) for c in value):
+            raise ValueError(
+                "class names must not be empty or only whitespace (rows with such classes are rejected)"
+            )
         if len(set(value)) != len(value):
             raise ValueError("class names must be distinct")
         return value

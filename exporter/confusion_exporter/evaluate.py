@@ -92,7 +92,9 @@ def evaluate_monitor(
     confidence: dict[WindowKey, ConfidenceCounts] = {}
     threshold_matrices: dict[WindowKey, tuple[ThresholdMatrix, ...]] = {}
     if source.columns.score is not None:
-        scope = ScoreScope(source, monitor, windows, now, settings.bucket, labels_as_of)
+        scope = ScoreScope(
+            source, monitor, windows, now, settings.bucket, labels_as_of, settings.future_tolerance
+        )
 
         def compute() -> ScoreAggregates:
             at = fetch_threshold_matrices(connection, scope) if monitor.decision_thresholds else {}

@@ -58,9 +58,16 @@ class SourceFolder:
     """One rollup source's batched folding: its batch size, whether it has caught up, and a lock
     so that the refresher and the catch-up thread never fold it at the same time."""
 
-    def __init__(self, source: SourceConfig, bucket_seconds: int, statement_timeout: timedelta):
+    def __init__(
+        self,
+        source: SourceConfig,
+        bucket_seconds: int,
+        statement_timeout: timedelta,
+        label_tolerance: timedelta = timedelta(0),
+    ):
         self.source = source
         self.bucket_seconds = bucket_seconds
+        self.label_tolerance = label_tolerance  # exporter.future_tolerance (rejection reasons)
         self.statement_timeout = statement_timeout
         self.target = target_seconds(statement_timeout)
         self.batch_rows = INITIAL_BATCH_ROWS
@@ -93,7 +100,9 @@ class SourceFolder:
             started = time.monotonic()
             try:
                 with engine.connect() as connection, connection.begin():
-                    result = fold(connection, self.source, self.bucket_seconds, rows)
+                    result = fold(
+                        connection, self.source, self.bucket_seconds, self.label_tolerance, batch_rows=rows
+                    )
             except sa.exc.OperationalError as error:
                 if not is_statement_timeout(error):
                     raise  # a lock timeout or an outage: smaller batches would not help

@@ -91,7 +91,7 @@ class Refresher:
         self._thread: threading.Thread | None = None
         bucket_seconds = int(settings.bucket.total_seconds())
         self._folders = {
-            s.name: SourceFolder(s, bucket_seconds, settings.statement_timeout)
+            s.name: SourceFolder(s, bucket_seconds, settings.statement_timeout, settings.future_tolerance)
             for s in config.sources
             if s.rollup is not None
         }

@@ -17,24 +17,45 @@ from sqlalchemy.engine import Connection
 
 from ..config import MonitorConfig, SourceConfig
 from ..windows import Window
+from .rejections import (
+    EMPTY_TRUE_CLASS,
+    FUTURE_TIMESTAMP,
+    LABEL_BEFORE_PREDICTION,
+    LABEL_WITHOUT_PREDICTION,
+    MISSING_MODEL,
+    MISSING_PREDICTED_CLASS,
+    MISSING_TIMESTAMP,
+    NON_FINITE_TIMESTAMP,
+    REJECT_REASONS,
+    UNKNOWN_CLASS,
+    RowFields,
+    label_delay_seconds,
+    no_instant,
+    rejection_reason,
+)
 
 ALL = "__all__"  # the label value when a source has no version or segment column
 
-# Why a row is not counted in a matrix. A fixed set, so every reason can be exported as 0.
-FUTURE_TIMESTAMP = "future_timestamp"
-MISSING_MODEL = "missing_model"
-MISSING_PREDICTED_CLASS = "missing_predicted_class"
-LABEL_WITHOUT_PREDICTION = "label_without_prediction"
-EMPTY_TRUE_CLASS = "empty_true_class"
-UNKNOWN_CLASS = "unknown_class"
-REJECT_REASONS = (
-    FUTURE_TIMESTAMP,
-    MISSING_MODEL,
-    MISSING_PREDICTED_CLASS,
-    LABEL_WITHOUT_PREDICTION,
-    EMPTY_TRUE_CLASS,
-    UNKNOWN_CLASS,
-)
+# The reasons live with the expression that assigns them (rejections.py); re-exported here.
+__all__ = [
+    "ALL",
+    "COUNT_COLUMNS",
+    "arrived_label",
+    "count_query",
+    "fetch_counts",
+    "source_table",
+    "window_columns",
+    "EMPTY_TRUE_CLASS",
+    "FUTURE_TIMESTAMP",
+    "LABEL_BEFORE_PREDICTION",
+    "LABEL_WITHOUT_PREDICTION",
+    "MISSING_MODEL",
+    "MISSING_PREDICTED_CLASS",
+    "MISSING_TIMESTAMP",
+    "NON_FINITE_TIMESTAMP",
+    "REJECT_REASONS",
+    "UNKNOWN_CLASS",
+]
 
 COUNT_COLUMNS = ["bucket", "model", "version", "segment", "predicted", "actual", "reason", "n", "delay_sum"]
 
@@ -43,10 +64,6 @@ def source_table(source: SourceConfig) -> sa.TableClause:
     """Describe the mapped table; SQLAlchemy quotes every identifier it renders."""
     names = {name for name in source.columns.model_dump().values() if name is not None}
     return sa.table(source.table_name, *(sa.column(n) for n in sorted(names)), schema=source.schema_name)
-
-
-def _blank(expr: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
-    return sa.or_(expr.is_(None), sa.func.btrim(expr) == "")
 
 
 def arrived_label(
@@ -101,8 +118,10 @@ def count_query(
 ) -> sa.Select[tuple[object, ...]]:
     """Build the grouped count of ``monitor``'s rows over ``windows`` as of ``now``.
 
-    ``labels_as_of`` (historical evaluations: ``snapshot --at``, ``backfill``) treats a label
-    whose ``labeled_at`` is later as not arrived yet, so a past instant is seen as it was.
+    ``labels_as_of`` (historical evaluations: ``snapshot --at``, ``backfill``) sees a past
+    instant as it was: a label whose ``labeled_at`` is later has not arrived yet, and a row
+    dated after ``now`` (plus the tolerance) did not exist yet, so it is left out rather than
+    counted as ``future_timestamp``. Live evaluations count such rows as rejected.
     """
     table = source_table(source)
     cols = source.columns
@@ -112,20 +131,21 @@ def count_query(
             return sa.literal(ALL, sa.Text)
         return sa.cast(table.c[name], sa.Text)
 
+    historical = labels_as_of is not None
     predicted_at = table.c[cols.predicted_at]
     model, predicted = text(cols.model), text(cols.predicted)
     actual = arrived_label(table, cols.actual, cols.labeled_at, labels_as_of)
+    labeled_at = table.c[cols.labeled_at] if cols.labeled_at is not None else None
+    row = RowFields(model, predicted_at, predicted, actual, labeled_at)
     is_future = predicted_at > sa.bindparam("future_after", now + future_tolerance)
-    reason = sa.case(
-        (is_future, FUTURE_TIMESTAMP),
-        (model.is_(None), MISSING_MODEL),
-        (sa.and_(_blank(predicted), sa.not_(_blank(actual))), LABEL_WITHOUT_PREDICTION),
-        (_blank(predicted), MISSING_PREDICTED_CLASS),
-        (sa.and_(actual.is_not(None), sa.func.btrim(actual) == ""), EMPTY_TRUE_CLASS),
-        else_=sa.null(),
-    )
-    window_bucket, in_a_window = window_columns(predicted_at, windows, bucket, is_future)
-    filters: list[sa.ColumnElement[bool]] = [sa.or_(in_a_window, is_future)]
+    reason = rejection_reason(row, future_tolerance, None if historical else is_future)
+    # Rows that belong to no window (future, or no instant at all) count against the current one.
+    unplaced = sa.or_(is_future, no_instant(predicted_at))
+    window_bucket, in_a_window = window_columns(predicted_at, windows, bucket, unplaced)
+    filters: list[sa.ColumnElement[bool]] = [sa.or_(in_a_window, unplaced)]
+    if historical:
+        # Dated after the instant: not written yet. A row without a date counts as it does live.
+        filters.append(sa.or_(sa.not_(is_future), predicted_at.is_(None)))
     if monitor.model != "*":
         filters.append(table.c[cols.model] == sa.bindparam("model", monitor.model))
     grouped = [
@@ -138,9 +158,8 @@ def count_query(
         reason.label("reason"),
     ]
     delay_sum: sa.ColumnElement[Any] = sa.null()
-    if cols.labeled_at is not None:
-        delay = sa.extract("epoch", table.c[cols.labeled_at] - predicted_at)
-        delay_sum = sa.func.sum(sa.case((actual.is_not(None), delay), else_=sa.null()))
+    if labeled_at is not None:
+        delay_sum = sa.func.sum(label_delay_seconds(row))
     return (
         sa.select(*grouped, sa.func.count().label("n"), delay_sum.label("delay_sum"))
         .select_from(table)

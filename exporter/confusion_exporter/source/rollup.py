@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -47,6 +47,7 @@ from sqlalchemy.engine import Connection
 from ..config import SourceConfig
 from ..windows import Window
 from .counts import COUNT_COLUMNS
+from .rejections import RowFields, label_delay_seconds, rejection_reason, to_sql
 
 STATE = "confusion_exporter.rollup_state"
 CELLS = "confusion_exporter.rollup_cells"
@@ -54,14 +55,40 @@ KEY = "source, tier, bucket, model, version, segment, predicted, actual, reason"
 HOUR = 3600
 
 
-def _reason(predicted: str, actual: str) -> str:
-    """The rejection reason of a contribution, as the full-recount query computes it."""
-    blank_predicted = f"({predicted} IS NULL OR btrim({predicted}) = '')"
-    blank_actual = f"({actual} IS NULL OR btrim({actual}) = '')"
+# The bucket of a prediction dated 'infinity' or '-infinity' (rejected): no window reaches it,
+# and ``fetch_window_rows`` counts it against the current window, as the full query does.
+NO_TIME = -(2**63)
+# A new prediction's label columns, typed (an untyped NULL makes isfinite() ambiguous).
+UNLABELED, UNLABELED_AT = "CAST(NULL AS text)", "CAST(NULL AS timestamptz)"
+
+
+def _row(actual: str, labeled_at: str) -> RowFields:
+    """A contribution's fields: the prediction ``p``'s, with the label's columns given."""
+    return RowFields(
+        model=sa.literal_column("p.model_name", sa.Text),
+        predicted_at=sa.literal_column("p.predicted_at", sa.DateTime(timezone=True)),
+        predicted=sa.literal_column("p.predicted_class", sa.Text),
+        actual=sa.literal_column(actual, sa.Text),
+        labeled_at=sa.literal_column(labeled_at, sa.DateTime(timezone=True)),
+    )
+
+
+def _reason(actual: str, labeled_at: str, label_tolerance: timedelta) -> str:
+    """The rejection reason of a contribution: the full count query's own expression."""
+    return to_sql(rejection_reason(_row(actual, labeled_at), label_tolerance))
+
+
+def _delay(actual: str, labeled_at: str) -> str:
+    """The label delay of a contribution: the full count query's own expression."""
+    return to_sql(label_delay_seconds(_row(actual, labeled_at)))
+
+
+def _bucket_of(seconds: str) -> str:
+    """The bucket number of ``p.predicted_at``; ``NO_TIME`` where it has no instant (the
+    arithmetic would fail the fold)."""
     return (
-        f"CASE WHEN {blank_predicted} AND NOT {blank_actual} THEN 'label_without_prediction' "
-        f"WHEN {blank_predicted} THEN 'missing_predicted_class' "
-        f"WHEN {actual} IS NOT NULL AND btrim({actual}) = '' THEN 'empty_true_class' END"
+        f"CASE WHEN isfinite(p.predicted_at) THEN floor(extract(epoch FROM p.predicted_at) / {seconds})::bigint "
+        f"ELSE {NO_TIME} END"
     )
 
 
@@ -92,9 +119,9 @@ class FoldResult:
 
 def _tiers(bucket_seconds: int) -> list[tuple[int, str]]:
     """(tier, bucket expression) to maintain: the configured bucket, and hours when they align."""
-    tiers = [(0, "floor(extract(epoch FROM p.predicted_at) / :bucket)::bigint")]
+    tiers = [(0, _bucket_of(":bucket"))]
     if HOUR % bucket_seconds == 0 and bucket_seconds < HOUR:
-        tiers.append((1, f"floor(extract(epoch FROM p.predicted_at) / {HOUR})::bigint"))
+        tiers.append((1, _bucket_of(str(HOUR))))
     return tiers
 
 
@@ -201,19 +228,30 @@ def _advance(
 
 
 def fold(
-    connection: Connection, source: SourceConfig, bucket_seconds: int, batch_rows: int | None = None
+    connection: Connection,
+    source: SourceConfig,
+    bucket_seconds: int,
+    label_tolerance: timedelta = timedelta(0),
+    *,
+    batch_rows: int | None = None,
 ) -> FoldResult:
     """Fold the changes of ``source`` into its rollup; the caller commits (one transaction).
 
+    ``label_tolerance`` is ``exporter.future_tolerance``: reasons are decided when a row is
+    folded, so a changed tolerance applies to rows folded later (``rebuild`` applies it to all).
     With ``batch_rows``, at most that many new ids of each table (see the module docstring);
     ``FoldResult.caught_up`` tells whether more is left.
     """
     connection.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ WRITE"))
-    return _fold(connection, source, bucket_seconds, batch_rows)
+    return _fold(connection, source, bucket_seconds, label_tolerance, batch_rows)
 
 
 def _fold(
-    connection: Connection, source: SourceConfig, bucket_seconds: int, batch_rows: int | None = None
+    connection: Connection,
+    source: SourceConfig,
+    bucket_seconds: int,
+    label_tolerance: timedelta,
+    batch_rows: int | None = None,
 ) -> FoldResult:
     assert source.rollup is not None
     predictions = _quoted(connection, source.rollup.predictions)
@@ -269,7 +307,7 @@ def _fold(
             sa.text(
                 _upsert(
                     f"SELECT :source, {tier}, {bucket}, p.model_name, p.model_version, p.segment, "
-                    f"p.predicted_class, NULL, {_reason('p.predicted_class', 'NULL')}, count(*), 0 "
+                    f"p.predicted_class, NULL, {_reason(UNLABELED, UNLABELED_AT, label_tolerance)}, count(*), 0 "
                     f"{new_predictions} GROUP BY 3, 4, 5, 6, 7, 9"
                 )
             ),
@@ -279,7 +317,8 @@ def _fold(
         f"applied_{tier} AS ("
         + _upsert(
             f"SELECT :source, {tier}, {bucket}, p.model_name, p.model_version, p.segment, p.predicted_class, "
-            f"p.actual, {_reason('p.predicted_class', 'p.actual')}, sum(p.n), coalesce(sum(p.delay), 0) "
+            f"p.actual, {_reason('p.actual', 'p.labeled_at', label_tolerance)}, sum(p.n), "
+            f"coalesce(sum(p.n * {_delay('p.actual', 'p.labeled_at')}), 0) "
             "FROM deltas p GROUP BY 3, 4, 5, 6, 7, 8, 9"
         )
         + " RETURNING 1)"
@@ -306,12 +345,10 @@ def _fold(
                   ) old ON true
                  WHERE old.id IS NULL OR b.id > old.id
             ), deltas AS (
-                SELECT p.*, m.old_class AS actual, -1 AS n,
-                       CASE WHEN m.old_id IS NULL THEN 0
-                            ELSE -extract(epoch FROM m.old_at - p.predicted_at) END AS delay
+                SELECT p.*, m.old_class AS actual, m.old_at AS labeled_at, -1 AS n
                   FROM moved m JOIN {predictions} p ON p.id = m.prediction_id
                 UNION ALL
-                SELECT p.*, m.new_class, 1, extract(epoch FROM m.new_at - p.predicted_at)
+                SELECT p.*, m.new_class, m.new_at, 1
                   FROM moved m JOIN {predictions} p ON p.id = m.prediction_id
             ), {applied}
             SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM batch_rows)
@@ -404,6 +441,11 @@ def fetch_window_rows(
         f"SELECT NULL AS wbucket, model, version, segment, predicted, actual, 'future_timestamp' AS reason, n, "
         f"delay_sum FROM {CELLS} WHERE source = :source AND tier = 0 AND bucket > :now_bucket {model_filter}"
     )
+    # Predictions with no instant (their reason is stored) count against the current window.
+    parts.append(
+        f"SELECT NULL AS wbucket, {cells} FROM {CELLS} WHERE source = :source AND tier = 0 "
+        f"AND bucket = {NO_TIME} {model_filter}"
+    )
     union = " UNION ALL ".join(parts)
     # One group per window: only window-level sums travel to Python.
     query = sa.text(
@@ -425,12 +467,17 @@ def reset(connection: Connection, source: str) -> None:
     connection.execute(sa.text(f"DELETE FROM {STATE} WHERE source = :source"), {"source": source})
 
 
-def rebuild(connection: Connection, source: SourceConfig, bucket_seconds: int) -> FoldResult:
+def rebuild(
+    connection: Connection,
+    source: SourceConfig,
+    bucket_seconds: int,
+    label_tolerance: timedelta = timedelta(0),
+) -> FoldResult:
     """Recount the whole source from scratch, atomically (readers see the old rollup until commit)."""
     connection.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ WRITE"))
     connection.execute(sa.text(f"DELETE FROM {CELLS} WHERE source = :source"), {"source": source.name})
     connection.execute(sa.text(f"DELETE FROM {STATE} WHERE source = :source"), {"source": source.name})
-    return _fold(connection, source, bucket_seconds)
+    return _fold(connection, source, bucket_seconds, label_tolerance)
 
 
 Cells = dict[tuple[Any, ...], tuple[int, float]]
@@ -443,8 +490,12 @@ def recount_range(
     start: datetime,
     end: datetime,
     write: bool,
+    label_tolerance: timedelta = timedelta(0),
 ) -> tuple[Cells, Cells]:
     """Recount ``[start, end)`` from the rows already folded; return (stored, recounted) cells.
+
+    The predictions with no instant (bucket ``NO_TIME``) belong to every range: they are
+    recounted and compared each time.
 
     With ``write`` the stored cells of the range are replaced by the recount (repair);
     without, nothing changes (verification). Only folded rows count, so a recount never
@@ -466,15 +517,15 @@ def recount_range(
         "first": int(start.timestamp()) // bucket_seconds,
         "end": -(-int(end.timestamp()) // bucket_seconds),
     }
-    bucket = "floor(extract(epoch FROM p.predicted_at) / :bucket)::bigint"
+    bucket = _bucket_of(":bucket")
     recounted = {
         tuple(row[:7]): (int(row[7]), float(row[8]))
         for row in connection.execute(
             sa.text(
                 f"""
                 SELECT {bucket}, p.model_name, p.model_version, p.segment, p.predicted_class, l.true_class,
-                       {_reason("p.predicted_class", "l.true_class")}, count(*),
-                       coalesce(sum(extract(epoch FROM l.labeled_at - p.predicted_at)), 0)
+                       {_reason("l.true_class", "l.labeled_at", label_tolerance)}, count(*),
+                       coalesce(sum({_delay("l.true_class", "l.labeled_at")}), 0)
                   FROM {predictions} p
                   LEFT JOIN LATERAL (
                         SELECT o.true_class, o.labeled_at FROM {labels} o
@@ -482,7 +533,9 @@ def recount_range(
                          ORDER BY o.id DESC LIMIT 1
                   ) l ON true
                  WHERE p.id <= :pwm AND p.id <> ALL(:ppending)
-                   AND p.predicted_at >= to_timestamp(:first * :bucket) AND p.predicted_at < to_timestamp(:end * :bucket)
+                   AND ((p.predicted_at >= to_timestamp(CAST(:first AS bigint) * :bucket)
+                         AND p.predicted_at < to_timestamp(CAST(:end AS bigint) * :bucket))
+                        OR p.predicted_at IN ('infinity', '-infinity'))
                  GROUP BY 1, 2, 3, 4, 5, 6, 7
                 """
             ),
@@ -494,16 +547,14 @@ def recount_range(
         for row in connection.execute(
             sa.text(
                 f"SELECT bucket, model, version, segment, predicted, actual, reason, n, delay_sum FROM {CELLS} "
-                "WHERE source = :source AND tier = 0 AND bucket >= :first AND bucket < :end AND n <> 0"
+                f"WHERE source = :source AND tier = 0 AND {_in_range('bucket')} AND n <> 0"
             ),
             params,
         )
     }
     if write:
         connection.execute(
-            sa.text(
-                f"DELETE FROM {CELLS} WHERE source = :source AND tier = 0 AND bucket >= :first AND bucket < :end"
-            ),
+            sa.text(f"DELETE FROM {CELLS} WHERE source = :source AND tier = 0 AND {_in_range('bucket')}"),
             params,
         )
         rows = [
@@ -537,6 +588,11 @@ def recount_range(
     return stored, recounted
 
 
+def _in_range(bucket: str) -> str:
+    """Buckets ``[:first, :end)`` of tier 0, and the no-instant bucket, which every range holds."""
+    return f"(({bucket} >= :first AND {bucket} < :end) OR {bucket} = {NO_TIME})"
+
+
 def _hours_from_base(connection: Connection, params: dict[str, Any], write: bool) -> int:
     """Compare (or, with ``write``, rebuild) tier 1 with the sums of tier 0 for the range's hours."""
     per_hour = HOUR // params["bucket"]
@@ -546,20 +602,24 @@ def _hours_from_base(connection: Connection, params: dict[str, Any], write: bool
         "he": -(-params["end"] // per_hour),
         "per_hour": per_hour,
     }
+    # floor, not integer division (which rounds toward 0): buckets before 1970 are negative.
+    # The no-instant bucket is its own hour.
     from_base = (
-        f"SELECT source, 1 AS tier, bucket / :per_hour AS bucket, model, version, segment, predicted, actual, "
-        f"reason, sum(n) AS n, sum(delay_sum) AS delay_sum FROM {CELLS} WHERE source = :source AND tier = 0 "
-        "AND bucket >= :hf * :per_hour AND bucket < :he * :per_hour GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9"
+        f"SELECT source, 1 AS tier, CASE WHEN bucket = {NO_TIME} THEN bucket "
+        "ELSE floor(bucket::numeric / :per_hour)::bigint END AS bucket, model, version, segment, predicted, "
+        f"actual, reason, sum(n) AS n, sum(delay_sum) AS delay_sum FROM {CELLS} WHERE source = :source "
+        "AND tier = 0 AND ((bucket >= CAST(:hf AS bigint) * :per_hour AND bucket < CAST(:he AS bigint) * :per_hour) "
+        f"OR bucket = {NO_TIME}) "
+        "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9"
     )
+    in_hours = f"((bucket >= :hf AND bucket < :he) OR bucket = {NO_TIME})"
     stored_hours = (
         f"SELECT source, tier, bucket, model, version, segment, predicted, actual, reason, n, delay_sum FROM {CELLS} "
-        "WHERE source = :source AND tier = 1 AND bucket >= :hf AND bucket < :he"
+        f"WHERE source = :source AND tier = 1 AND {in_hours}"
     )
     if write:
         connection.execute(
-            sa.text(
-                f"DELETE FROM {CELLS} WHERE source = :source AND tier = 1 AND bucket >= :hf AND bucket < :he"
-            ),
+            sa.text(f"DELETE FROM {CELLS} WHERE source = :source AND tier = 1 AND {in_hours}"),
             hours,
         )
         connection.execute(sa.text(f"INSERT INTO {CELLS} ({KEY}, n, delay_sum) {from_base}"), hours)

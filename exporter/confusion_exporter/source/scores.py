@@ -10,8 +10,8 @@ model's probability for the class it predicted):
   class, the scored predictions and, per threshold, how many have a positive-class
   probability at or above it.
 
-Only labeled rows with a non-blank predicted and true class count; rows after ``now`` are left
-out (the count query already reports them as rejected).
+Only labeled rows the count query counts in a matrix are aggregated: the same rejection
+expression (``rejections.py``) leaves out the others, which the count query reports.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..stats.calibration import ConfidenceCounts
 from ..stats.thresholds import ThresholdMatrix, threshold_matrices
 from ..windows import Window
 from .counts import ALL, arrived_label, source_table, window_columns
+from .rejections import RowFields, rejection_reason
 
 WindowKey = tuple[SliceKey, str]  # (slice, window name)
 
@@ -44,6 +45,7 @@ class ScoreScope:
     now: datetime
     bucket: timedelta
     labels_as_of: datetime | None = None  # historical evaluations: labels arrived by then
+    future_tolerance: timedelta = timedelta(0)  # exporter.future_tolerance, as in the count query
 
     def rows(
         self, connection: Connection, query: sa.Select[tuple[object, ...]]
@@ -76,24 +78,29 @@ class _Columns:
 
         self.table = table
         predicted_at = table.c[cols.predicted_at]
-        is_future = predicted_at > sa.bindparam("future_after", scope.now)
+        is_future = predicted_at > sa.bindparam("future_after", scope.now + scope.future_tolerance)
         self.window_bucket, in_a_window = window_columns(predicted_at, scope.windows, scope.bucket, is_future)
         self.slice = [text(cols.model), text(cols.version), text(cols.segment)]
         self.predicted = text(cols.predicted)
         self.actual = arrived_label(table, cols.actual, cols.labeled_at, scope.labels_as_of)
+        labeled_at = table.c[cols.labeled_at] if cols.labeled_at is not None else None
+        row = RowFields(self.slice[0], predicted_at, self.predicted, self.actual, labeled_at)
         self.score = sa.cast(table.c[score_column], sa.Float)
         self.valid = sa.and_(self.score >= 0, self.score <= 1)  # NaN >= 0 holds in Postgres, NaN <= 1 not
         self.filters = [
             in_a_window,
-            sa.not_(is_future),
-            table.c[cols.model].is_not(None),
+            rejection_reason(row, scope.future_tolerance, is_future).is_(None),  # the matrix's rows only
             self.score.is_not(None),
             self.actual.is_not(None),
-            sa.func.btrim(self.predicted) != "",
-            sa.func.btrim(self.actual) != "",
         ]
         if scope.monitor.model != "*":
             self.filters.append(table.c[cols.model] == sa.bindparam("model", scope.monitor.model))
+        if scope.monitor.classes is not None:
+            # The matrix rejects other classes as unknown_class (matrices.py); so do the scores.
+            configured: sa.BindParameter[list[str]] = sa.bindparam(
+                "configured_classes", list(scope.monitor.classes), expanding=True
+            )
+            self.filters += [self.predicted.in_(configured), self.actual.in_(configured)]
 
     def grouped(
         self, keys: list[sa.ColumnElement[Any]], aggregates: list[sa.ColumnElement[Any]], *filters: Any
