@@ -446,5 +446,8 @@ class EndpointServer(HTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self._loop.stop()
-        self._workers.shutdown(wait=False, cancel_futures=True)
+        # socketserver calls this when bind() fails too, before the loop and workers exist
+        # (a port in use must stay a clear exit 2, not an AttributeError).
+        if hasattr(self, "_loop"):
+            self._loop.stop()
+            self._workers.shutdown(wait=False, cancel_futures=True)
