@@ -79,6 +79,18 @@ def test_only_capped_cells_reach_python_for_thousands_of_classes(admin_engine, e
     assert current.folded == sum(1 for r in in_current if r.predicted not in kept or r.actual not in kept)
 
 
+def test_a_source_without_labeled_at_is_capped_too(admin_engine, exporter_url):
+    table = create_scored_events(admin_engine)
+    insert_rows(admin_engine, table, many_classes())
+    columns = {k: v for k, v in COLUMNS.items() if k != "labeled_at"}
+    snapshot, largest = refresh(
+        make_config(table, columns=columns, extra_monitor={"max_classes": 20}), exporter_url
+    )
+    assert largest <= 2 * (20 * 20 + 20)
+    current = snapshot.monitors["shop:*"].slices[0].windows["current"].counts
+    assert len(current.classes) == 20 and current.folded > 0
+
+
 def test_rejected_and_unknown_classes_are_counted_in_sql(admin_engine, exporter_url):
     table = create_scored_events(admin_engine)
     label_only = [Row("m", "v1", NOW - timedelta(seconds=i % 3000), None, f"orphan-{i}") for i in range(MANY)]

@@ -180,7 +180,8 @@ def _grouped(
         sa.select(
             *grouped,
             sa.func.sum(c.n).label("n"),
-            sa.func.sum(c.delay_sum).label("delay_sum"),
+            # Typed: a source without labeled_at sends an untyped NULL, which a CTE makes text.
+            sa.func.sum(sa.cast(c.delay_sum, sa.Float)).label("delay_sum"),
             sa.func.sum(folded).label("folded"),
             c.origin,
         )
