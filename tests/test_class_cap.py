@@ -231,11 +231,11 @@ names = st.one_of(
     st.sampled_from(
         ["2", "10", "007", "7", "a7", "a07", "a7b", "B", "b", "²", "x10y2", "x9y10", OTHER, "é1"]
     ),
-    st.text(alphabet="a0123456789²Z", min_size=1, max_size=6),
+    st.text(alphabet="a0123456789²Z", min_size=1, max_size=14),  # up to 7 digit runs
 )
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(counts=st.dictionaries(names, st.integers(1, 4), min_size=1, max_size=14), cap=st.integers(2, 8))
 def test_sql_ranking_keeps_the_classes_the_python_rule_keeps(counts, cap, admin_engine, exporter_url):
     table = create_scored_events(admin_engine)

@@ -34,20 +34,21 @@ from .counts import COUNT_COLUMNS, UNKNOWN_CLASS
 WINDOW, BASELINE = "window", "baseline"  # where a capped row comes from
 CAPPED_COLUMNS = [*COUNT_COLUMNS, "folded", "origin"]
 
-# The natural sort key of a class as a text[] in byte order (C collation, which is code point
-# order in UTF-8): alternating runs of non-digits and digits; a digit run becomes its length
-# (10 digits, leading zeros dropped) followed by its digits, so runs compare as integers.
-# Equal to matrices._natural_key under Python's tuple comparison, a shorter prefix first.
-_NATURAL_KEY = sa.text(
-    """ARRAY(SELECT part COLLATE "C"
-         FROM regexp_matches(totals.cls, '([^0-9]*)([0-9]*)', 'g') WITH ORDINALITY AS m(run, i),
-              LATERAL (VALUES (1, run[1]),
-                              (2, CASE WHEN run[2] = '' THEN ''
-                                       ELSE lpad(length(ltrim(run[2], '0'))::text, 10, '0')
-                                            || ltrim(run[2], '0') END)) AS p(j, part)
+
+# The natural sort key of a class as a text[] in byte order (C collation: code point order in
+# UTF-8), equal in order to matrices._natural_key: alternating runs of non-digits and digits,
+# a digit run written as its length (10 digits, leading zeros dropped) and its digits, so runs
+# compare as integers; a shorter prefix first, as with tuples.
+def _digits(run: str) -> str:
+    stripped = f"ltrim({run}, '0')"
+    return f"CASE WHEN {run} = '' THEN '' ELSE lpad(length({stripped})::text, 10, '0') || {stripped} END"
+
+
+_NATURAL_KEY = """ARRAY(SELECT part COLLATE "C"
+         FROM regexp_matches(candidates.cls, '([^0-9]*)([0-9]*)', 'g') WITH ORDINALITY AS m(run, i),
+              LATERAL (VALUES (1, run[1]), (2, {digits})) AS p(j, part)
         WHERE run[1] <> '' OR run[2] <> ''
-        ORDER BY i, j)"""
-)
+        ORDER BY i, j)""".format(digits=_digits("run[2]"))  # noqa: S608 (constants only, no input)
 
 
 @dataclass(frozen=True)
@@ -70,23 +71,23 @@ def capped_counts(cells_query: sa.Select[Any] | sa.TextualSelect, cap: ClassCap)
     inner = cells_query.subquery("inner_cells")
     parts = [sa.select(*inner.c, sa.literal(WINDOW, sa.Text).label("origin"))]
     if cap.baseline is not None:
-        b = baseline_cells.c
+        bc = baseline_cells.c
         name, monitor = cap.baseline
         parts.append(
             sa.select(
                 sa.cast(sa.null(), sa.BigInteger).label("bucket"),
-                b.model,
-                b.version,
-                b.segment,
-                b.predicted_class.label("predicted"),
-                b.true_class.label("actual"),
+                bc.model,
+                bc.version,
+                bc.segment,
+                bc.predicted_class.label("predicted"),
+                bc.true_class.label("actual"),
                 sa.cast(sa.null(), sa.Text).label("reason"),
-                b.predictions.label("n"),
+                bc.predictions.label("n"),
                 sa.cast(sa.null(), sa.Float).label("delay_sum"),
                 sa.literal(BASELINE, sa.Text).label("origin"),
             ).where(
-                b.name == sa.bindparam("baseline_name", name),
-                b.monitor == sa.bindparam("baseline_monitor", monitor),
+                bc.name == sa.bindparam("baseline_name", name),
+                bc.monitor == sa.bindparam("baseline_monitor", monitor),
             )
         )
     cells = (sa.union_all(*parts) if len(parts) > 1 else parts[0]).cte("cells")
@@ -109,41 +110,101 @@ def capped_counts(cells_query: sa.Select[Any] | sa.TextualSelect, cap: ClassCap)
     totals = (
         sa.select(*(k.label(f"p{i}") for i, k in enumerate(keys)), o.cls, sa.func.sum(o.n).label("total"))
         .group_by(*keys, o.cls)
-        .subquery("totals")
+        .cte("totals")
     )
     t = totals.c
-    by_slice = [t.p0, t.p1, t.p2]
+    limit: sa.BindParameter[int] = sa.bindparam("max_classes", cap.max_classes)
+    # No sort of a million classes: how many classes have each count (few distinct counts)
+    # gives the count of the last kept class (the boundary); every class above it is kept,
+    # and only the classes at it (the tie) are ordered by the natural key.
+    hist = (
+        sa.select(t.p0, t.p1, t.p2, t.total, sa.func.count().label("classes"))
+        .group_by(t.p0, t.p1, t.p2, t.total)
+        .subquery("hist")
+    )
+    h = hist.c
+    part = [h.p0, h.p1, h.p2]
+    cumulative = sa.select(
+        *part,
+        h.total,
+        h.classes,
+        sa.func.sum(h.classes).over(partition_by=part, order_by=h.total.desc()).label("at_least"),
+        sa.func.sum(h.classes).over(partition_by=part).label("seen"),
+    ).subquery("cumulative")
+    u = cumulative.c
+    boundary = (
+        sa.select(
+            u.p0,
+            u.p1,
+            u.p2,
+            u.total.label("boundary"),
+            (limit - 1 - (u.at_least - u.classes)).label("need"),
+        )
+        .where(u.seen > limit, u.at_least >= limit - 1, u.at_least - u.classes < limit - 1)
+        .cte("boundary")
+    )
+    b = boundary.c
+
+    def same_slice(x: Any, y: Any) -> sa.ColumnElement[bool]:
+        return sa.and_(x.p0 == y.p0, x.p1 == y.p1, x.p2 == y.p2)
+
+    untied = (
+        sa.select(t.p0, t.p1, t.p2, t.cls)
+        .select_from(totals.join(boundary, same_slice(t, b), isouter=True))
+        .where(sa.or_(b.boundary.is_(None), t.total > b.boundary))
+    )
+    # The tie can be every class (a million singletons): order it first by the key's first
+    # two runs (leading text, first number), which the full natural key only refines, and
+    # compute the full key for the few that can still be kept.
+    leading = sa.func.substring(t.cls, "^[^0-9]*")
+    first_number = sa.func.substring(t.cls, "^[^0-9]*([0-9]*)")
+    tie = (
+        sa.select(t.p0, t.p1, t.p2, t.cls, b.need, leading.label("leading"), first_number.label("number"))
+        .select_from(totals.join(boundary, same_slice(t, b)))
+        .where(t.total == b.boundary)
+        .subquery("tie")
+    )
+    number_key: sa.ColumnElement[str] = sa.literal_column(_digits("tie.number"))
+    coarse = sa.select(
+        *(tie.c[k] for k in ("p0", "p1", "p2", "cls", "need")),
+        sa.func.rank()
+        .over(
+            partition_by=[tie.c.p0, tie.c.p1, tie.c.p2],
+            order_by=[tie.c.leading.collate("C"), number_key.collate("C")],
+        )
+        .label("coarse_rank"),
+    ).subquery("coarse")
+    candidates = sa.select(coarse).where(coarse.c.coarse_rank <= coarse.c.need).subquery("candidates")
+    a = candidates.c
     ranked = sa.select(
-        t.p0,
-        t.p1,
-        t.p2,
-        t.cls,
+        a.p0,
+        a.p1,
+        a.p2,
+        a.cls,
+        a.need,
         sa.func.row_number()
         .over(
-            partition_by=by_slice,
-            order_by=[t.total.desc(), sa.literal_column(str(_NATURAL_KEY)), t.cls.collate("C")],
+            partition_by=[a.p0, a.p1, a.p2],
+            order_by=[sa.literal_column(_NATURAL_KEY), a.cls.collate("C")],
         )
         .label("rank"),
-        sa.func.count().over(partition_by=by_slice).label("seen"),
     ).subquery("ranked")
     r = ranked.c
-    limit: sa.BindParameter[int] = sa.bindparam("max_classes", cap.max_classes)
-    kept = sa.select(r.p0, r.p1, r.p2, r.cls).where(sa.or_(r.seen <= limit, r.rank < limit)).cte("kept")
-    kp, ka = kept.alias("kept_predicted"), kept.alias("kept_actual")
+    kept = sa.union_all(untied, sa.select(r.p0, r.p1, r.p2, r.cls).where(r.rank <= r.need)).cte("kept")
 
-    def joins(k: Any, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            *(a == b for a, b in zip(partition(c), [k.c.p0, k.c.p1, k.c.p2], strict=True)), k.c.cls == column
-        )
+    def is_kept(column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+        # An uncorrelated IN over the few kept classes: Postgres hashes it once, where a
+        # join on a misestimated million-row side can turn into a nested comparison.
+        return sa.tuple_(*partition(c), column).in_(sa.select(kept.c.p0, kept.c.p1, kept.c.p2, kept.c.cls))
 
-    predicted_folded = kp.c.cls.is_(None)
-    actual_folded = sa.and_(c.actual.is_not(None), ka.c.cls.is_(None))
+    predicted_folded = sa.not_(is_kept(c.predicted))
+    actual_folded = sa.and_(c.actual.is_not(None), sa.not_(is_kept(c.actual)))
     predicted = sa.case((sa.not_(valid), sa.null()), (predicted_folded, OTHER), else_=c.predicted)
     actual = sa.case(
         (sa.or_(sa.not_(valid), c.actual.is_(None)), sa.null()), (actual_folded, OTHER), else_=c.actual
     )
     folded = sa.case((sa.and_(valid, sa.or_(predicted_folded, actual_folded)), c.n), else_=0)
-    source = cells.join(kp, joins(kp, c.predicted), isouter=True).join(ka, joins(ka, c.actual), isouter=True)
+    source = cells
     return _grouped(source, c, predicted, actual, c.reason, folded)
 
 
