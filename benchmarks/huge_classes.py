@@ -6,7 +6,7 @@
 Creates a scratch database (dropped afterwards) with two tables: ``huge`` (one row per class,
 each row a distinct predicted and true class, spread over the current and reference windows)
 and ``small`` (3 classes, 2,000 rows). Starts `confusion-exporter run` with one monitor on
-each (refresh_interval 5s), scrapes /metrics every 50 ms and prints: the huge monitor's
+each (refresh_interval 1s), scrapes /metrics every 50 ms and prints: the huge monitor's
 first refresh (from process start), the small monitor's first refresh and how often it
 refreshed while the huge one was still in its first, the scrape latency (p50, p99, max)
 during that time, and the process's peak resident set (VmHWM).
@@ -95,7 +95,7 @@ def main() -> None:
             conn.execute(sa.text("ANALYZE huge; ANALYZE small"))
         monitor = {"model": "m", "window": "1h", "reference": {"kind": "trailing", "length": "3h"}}
         config = {
-            "exporter": {"port": free_port(), "listen_address": "127.0.0.1", "refresh_interval": "5s"},
+            "exporter": {"port": free_port(), "listen_address": "127.0.0.1", "refresh_interval": "1s"},
             "sources": [{"name": t, "table": f"public.{t}", "columns": COLUMNS} for t in ("huge", "small")],
             "monitors": [{"source": t, **monitor} for t in ("huge", "small")],
         }
