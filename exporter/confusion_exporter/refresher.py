@@ -184,7 +184,8 @@ class Refresher:
                 extra={"fields": {"monitor": name, "error": message, "retry_in_s": f"{delay:.1f}"}},
             )
             return False
-        self._results[name] = result  # one key per monitor, written only by its own refresh
+        with self._publishing:  # _publish copies the results under the same lock
+            self._results[name] = result
         self._consecutive_failures[name] = 0
         self._next_due[name] = time.monotonic() + self.config.exporter.refresh_interval.total_seconds()
         with self.health.lock:
