@@ -251,3 +251,34 @@ def test_sql_ranking_keeps_the_classes_the_python_rule_keeps(counts, cap, admin_
     assert counts_now.classes == expected
     assert counts_now.classes == class_order(list(counts_now.classes))
     assert counts_now.labeled_total == len(rows)
+
+
+def test_a_baseline_capture_of_thousands_of_classes_fetches_only_capped_cells(admin_engine, exporter_url):
+    from confusion_exporter.baseline import capture_baseline
+
+    table = create_scored_events(admin_engine)
+    start = NOW.replace(minute=0, second=0) - timedelta(hours=6)
+    insert_rows(
+        admin_engine,
+        table,
+        [Row("m", "v1", start + timedelta(seconds=i % 3000), f"c{i}", f"c{i}") for i in range(MANY)],
+    )
+    config = make_config(
+        table, model="m", reference={"kind": "baseline", "name": "big"}, extra_monitor={"max_classes": 20}
+    )
+    engine = sa.create_engine(exporter_url)
+    fetched: list[int] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if cursor.description is not None:
+            fetched.append(cursor.rowcount)
+
+    sa.event.listen(engine, "after_cursor_execute", count)
+    try:
+        slices, cells = capture_baseline(
+            engine, config, "shop:m", "big", start, start + timedelta(hours=1), NOW
+        )
+    finally:
+        engine.dispose()
+    assert slices == 1 and cells == 20  # 19 kept classes and __other__, on the diagonal
+    assert max(fetched) <= 20 * 20 + 20
