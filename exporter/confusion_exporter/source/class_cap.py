@@ -49,6 +49,7 @@ _NATURAL_KEY = """ARRAY(SELECT part COLLATE "C"
               LATERAL (VALUES (1, run[1]), (2, {digits})) AS p(j, part)
         WHERE run[1] <> '' OR run[2] <> ''
         ORDER BY i, j)""".format(digits=_digits("run[2]"))  # noqa: S608 (constants only, no input)
+# (Ordered COLLATE "C" as a whole too, whatever the database's default collation.)
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def capped_counts(cells_query: sa.Select[Any] | sa.TextualSelect, cap: ClassCap)
         sa.func.row_number()
         .over(
             partition_by=[a.p0, a.p1, a.p2],
-            order_by=[sa.literal_column(_NATURAL_KEY), a.cls.collate("C")],
+            order_by=[sa.literal_column(_NATURAL_KEY).collate("C"), a.cls.collate("C")],
         )
         .label("rank"),
     ).subquery("ranked")
