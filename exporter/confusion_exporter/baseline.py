@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
 
 from .config import Config, ConfigError
+from .evaluate import class_cap
 from .matrices import build_slices
 from .source.baselines import write_baseline
-from .source.counts import count_query, fetch_counts
+from .source.class_cap import capped_counts, fetch_capped
+from .source.counts import count_query
 from .windows import REFERENCE, Window
 
 
@@ -45,11 +48,11 @@ def capture_baseline(
     query = count_query(
         config.source(monitor.source), monitor, (window,), now, settings.bucket, settings.future_tolerance
     )
+    # Capped in SQL like a refresh (not ranked with an older capture of the same name).
+    cap = replace(class_cap(config, monitor), baseline=None)
     with engine.begin() as connection:
-        rows = fetch_counts(connection, query)
-        slices = build_slices(
-            rows, (window,), size, monitor.classes, monitor.max_classes or settings.max_classes
-        )
+        rows, _ = fetch_capped(connection, capped_counts(query, cap))
+        slices = build_slices(rows, (window,), size, monitor.classes, cap.max_classes)
         by_slice = {key: by_window[REFERENCE] for key, by_window in slices.items()}
         cells = write_baseline(connection, name, monitor_name, window, by_slice, now)
     return len(by_slice), cells

@@ -11,16 +11,17 @@ from sqlalchemy.engine import Connection
 from .config import BaselineReference, Config, MonitorConfig, VersionReference
 from .matrices import SliceKey, WindowCounts, align, build_slices
 from .snapshot import MonitorResult, SliceResult, WindowResult
-from .source.baselines import read_baseline
-from .source.counts import count_query, fetch_counts
-from .source.rollup import fetch_window_rows
+from .source.baselines import read_capture_window
+from .source.class_cap import ClassCap, capped_counts, fetch_capped
+from .source.counts import count_query
+from .source.rollup import unlabeled_without_delay, window_rows_query
 from .source.scores import ScoreScope, WindowKey, fetch_confidence, fetch_threshold_matrices
 from .stats.calibration import ConfidenceCounts, summarize
 from .stats.classification import classification_metrics
 from .stats.cost import cost_increase_test, cost_matrix, mean_cost, relative_increase
 from .stats.shift import ShiftParameters, ShiftReport, missing_reference_report, shift_report
 from .stats.thresholds import ThresholdMatrix
-from .windows import CURRENT, REFERENCE, monitor_windows
+from .windows import CURRENT, REFERENCE, Window, monitor_windows
 
 ScoreAggregates = tuple[dict[WindowKey, ConfidenceCounts], dict[WindowKey, tuple[ThresholdMatrix, ...]]]
 
@@ -68,27 +69,31 @@ def evaluate_monitor(
     windows = monitor_windows(now, monitor, settings.bucket)
     source = config.source(monitor.source)
     bucket_seconds = int(settings.bucket.total_seconds())
+    reference = monitor.reference
+    baseline_window = None
+    if isinstance(reference, BaselineReference):
+        baseline_window = read_capture_window(connection, reference.name, monitor.monitor_name)
+    cap = class_cap(config, monitor, baseline_window)
     if source.rollup is not None and use_rollup:
-        rows = fetch_window_rows(connection, source.name, monitor.model, windows, now, bucket_seconds)
+        cells, cell_params = window_rows_query(source.name, monitor.model, windows, now, bucket_seconds)
+        rows, baseline_rows = fetch_capped(connection, capped_counts(cells, cap), cell_params)
+        rows = unlabeled_without_delay(rows)
     else:
         query = count_query(
             source, monitor, windows, now, settings.bucket, settings.future_tolerance, labels_as_of
         )
-        rows = fetch_counts(connection, query)
-    slices = build_slices(
-        rows,
-        windows,
-        bucket_seconds,
-        monitor.classes,
-        monitor.max_classes or settings.max_classes,
-    )
-    reference = monitor.reference
-    if isinstance(reference, BaselineReference):
-        baseline_window, baseline = read_baseline(connection, reference.name, monitor.monitor_name)
-        windows = (*windows, baseline_window) if baseline_window else windows
+        rows, baseline_rows = fetch_capped(connection, capped_counts(query, cap))
+    slices = build_slices(rows, windows, bucket_seconds, monitor.classes, cap.max_classes)
+    if baseline_window is not None:
+        baseline_rows["bucket"] = int(baseline_window.start.timestamp()) // bucket_seconds
+        baseline = build_slices(
+            baseline_rows, (baseline_window,), bucket_seconds, monitor.classes, cap.max_classes
+        )
+        windows = (*windows, baseline_window)
         for key, counts in slices.items():
             if key in baseline:
-                counts[REFERENCE], counts[CURRENT] = align(baseline[key], counts[CURRENT])
+                # Both sides were ranked together in SQL: their union is within max_classes.
+                counts[REFERENCE], counts[CURRENT] = align(baseline[key][REFERENCE], counts[CURRENT])
     confidence: dict[WindowKey, ConfidenceCounts] = {}
     threshold_matrices: dict[WindowKey, tuple[ThresholdMatrix, ...]] = {}
     if source.columns.score is not None:
@@ -157,6 +162,19 @@ def evaluate_monitor(
         slices=tuple(results),
         reference_version=monitor.reference.version
         if isinstance(monitor.reference, VersionReference)
+        else None,
+    )
+
+
+def class_cap(config: Config, monitor: MonitorConfig, baseline: Window | None = None) -> ClassCap:
+    """How ``monitor``'s classes are capped: ranked over every window it compares."""
+    reference = monitor.reference
+    return ClassCap(
+        max_classes=monitor.max_classes or config.exporter.max_classes,
+        classes=monitor.classes,
+        across_versions=isinstance(reference, VersionReference),
+        baseline=(reference.name, monitor.monitor_name)
+        if isinstance(reference, BaselineReference) and baseline is not None
         else None,
     )
 

@@ -460,7 +460,8 @@ class HealthCollector(Collector):
             )
             duration = GaugeMetricFamily(
                 "confusion_exporter_refresh_duration_seconds",
-                "Wall time of the last refresh of all monitors.",
+                "Wall time of the last refresh (of all monitors in a one-off snapshot; when serving, of the "
+                "monitor that finished last: monitors refresh side by side).",
                 value=state.refresh_duration_seconds,
             )
             database_up = GaugeMetricFamily(

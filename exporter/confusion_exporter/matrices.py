@@ -56,7 +56,9 @@ class WindowCounts:
 
 
 def _natural_key(name: str) -> tuple[object, ...]:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+    # ASCII digits only, as the SQL cap's key (source/class_cap.py) reads them.
+    # Odd positions are the digit runs; str.isdigit would also take "²", which int() refuses.
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"([0-9]+)", name)))
 
 
 def class_order(names: Sequence[str]) -> tuple[str, ...]:
@@ -152,6 +154,8 @@ def _window_counts(
     folded = int(
         valid.loc[valid["predicted"].isin(folded_names) | valid["actual"].isin(folded_names), "n"].sum()
     )
+    if "folded" in valid:  # capped in SQL (source/class_cap.py), which counted what it folded
+        folded += int(valid["folded"].sum())
     k = len(class_set)
     matrix = np.zeros((k, k), dtype=np.int64)
     unlabeled = np.zeros(k, dtype=np.int64)

@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..matrices import SliceKey, WindowCounts, class_order
+from ..matrices import SliceKey, WindowCounts
 from ..windows import REFERENCE, Window
-from .counts import REJECT_REASONS
 
 metadata = sa.MetaData(schema="confusion_exporter")
 
@@ -96,45 +94,15 @@ def write_baseline(
     return len(rows)
 
 
-def read_baseline(
-    connection: Connection, name: str, monitor: str
-) -> tuple[Window | None, dict[SliceKey, WindowCounts]]:
-    """Load baseline ``name`` of ``monitor`` as reference-window counts per slice."""
+def read_capture_window(connection: Connection, name: str, monitor: str) -> Window | None:
+    """The span baseline ``name`` of ``monitor`` was captured over, or None if never captured.
+
+    Its cells are read with the windows' counts (source/class_cap.py), so one class cap
+    ranks both and the comparison stays within ``max_classes``.
+    """
     capture = connection.execute(
         sa.select(captures.c.range_start, captures.c.range_end).where(
             captures.c.name == name, captures.c.monitor == monitor
         )
     ).first()
-    if capture is None:
-        return None, {}
-    window = Window(REFERENCE, capture.range_start, capture.range_end)
-    result = connection.execute(
-        sa.select(
-            cells.c.model,
-            cells.c.version,
-            cells.c.segment,
-            cells.c.true_class,
-            cells.c.predicted_class,
-            cells.c.predictions,
-        ).where(cells.c.name == name, cells.c.monitor == monitor)
-    ).fetchall()
-    grouped: dict[SliceKey, list[tuple[str | None, str, int]]] = {}
-    for model, version, segment, true_class, predicted_class, n in result:
-        grouped.setdefault(SliceKey(model, version, segment), []).append(
-            (true_class, predicted_class, int(n))
-        )
-    out = {}
-    for key, entries in grouped.items():
-        classes = class_order(list({c for t, p, _ in entries for c in (t, p) if c is not None}))
-        index = {c: i for i, c in enumerate(classes)}
-        matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
-        unlabeled = np.zeros(len(classes), dtype=np.int64)
-        for true_class, predicted_class, n in entries:
-            if true_class is None:
-                unlabeled[index[predicted_class]] += n
-            else:
-                matrix[index[true_class], index[predicted_class]] += n
-        matrix.setflags(write=False)
-        unlabeled.setflags(write=False)
-        out[key] = WindowCounts(window, classes, matrix, unlabeled, dict.fromkeys(REJECT_REASONS, 0), 0)
-    return window, out
+    return None if capture is None else Window(REFERENCE, capture.range_start, capture.range_end)

@@ -145,7 +145,9 @@ def count_query(
     # The same rows as ``in_a_window OR unplaced``, written so that every arm is an index range
     # on the time column ('infinity' is future; isfinite() would force a scan of the table).
     filters: list[sa.ColumnElement[bool]] = [
-        sa.or_(in_a_window, is_future, predicted_at.is_(None), predicted_at == sa.literal_column("'-infinity'"))
+        sa.or_(
+            in_a_window, is_future, predicted_at.is_(None), predicted_at == sa.literal_column("'-infinity'")
+        )
     ]
     if historical:
         # Dated after the instant: not written yet. A row without a date counts as it does live.

@@ -391,15 +391,14 @@ def _fold(
     )
 
 
-def fetch_window_rows(
-    connection: Connection,
+def window_rows_query(
     source: str,
     model: str,
     windows: tuple[Window, ...],
     now: datetime,
     bucket_seconds: int,
-) -> pd.DataFrame:
-    """The windows' rows summed from the rollup, shaped like the full count query's.
+) -> tuple[sa.TextualSelect, dict[str, Any]]:
+    """The windows' rows summed from the rollup, shaped like the full count query's (query, params).
 
     Rows in buckets that start after ``now`` are rejected as ``future_timestamp`` (the full
     query compares each row's own time; here the bucket holding ``now`` counts as present).
@@ -449,15 +448,40 @@ def fetch_window_rows(
     union = " UNION ALL ".join(parts)
     # One group per window: only window-level sums travel to Python.
     query = sa.text(
-        f"SELECT wbucket, model, version, segment, predicted, actual, reason, sum(n), sum(delay_sum) "
-        f"FROM ({union}) c GROUP BY 1, 2, 3, 4, 5, 6, 7 HAVING sum(n) <> 0"
+        f"SELECT wbucket AS bucket, model, version, segment, predicted, actual, reason, sum(n) AS n, "
+        f"sum(delay_sum) AS delay_sum FROM ({union}) c GROUP BY 1, 2, 3, 4, 5, 6, 7 HAVING sum(n) <> 0"
+    ).columns(
+        sa.column("bucket", sa.BigInteger),
+        *(
+            sa.column(name, sa.Text)
+            for name in ("model", "version", "segment", "predicted", "actual", "reason")
+        ),
+        sa.column("n", sa.BigInteger),
+        sa.column("delay_sum", sa.Float),
     )
+    return query, params
+
+
+def unlabeled_without_delay(frame: pd.DataFrame) -> pd.DataFrame:
+    """Unlabeled cells carry no delay; the full query reports NULL there, not 0."""
+    frame.loc[frame["actual"].isna(), "delay_sum"] = float("nan")
+    return frame
+
+
+def fetch_window_rows(
+    connection: Connection,
+    source: str,
+    model: str,
+    windows: tuple[Window, ...],
+    now: datetime,
+    bucket_seconds: int,
+) -> pd.DataFrame:
+    """The uncapped rows of :func:`window_rows_query` (the monitors read them capped: evaluate)."""
+    query, params = window_rows_query(source, model, windows, now, bucket_seconds)
     frame = pd.DataFrame(connection.execute(query, params).fetchall(), columns=COUNT_COLUMNS)
     frame["n"] = frame["n"].astype("int64")
     frame["delay_sum"] = pd.to_numeric(frame["delay_sum"], errors="coerce").astype("float64")
-    # Unlabeled cells carry no delay; the full query reports NULL there, not 0.
-    frame.loc[frame["actual"].isna(), "delay_sum"] = float("nan")
-    return frame
+    return unlabeled_without_delay(frame)
 
 
 def reset(connection: Connection, source: str) -> None:
