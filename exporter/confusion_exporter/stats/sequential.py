@@ -19,7 +19,7 @@ Cells (each a binomial rate, trials and successes read from the period's K x K m
 Per cell and period (e.g. 5 minutes of newly labeled predictions) with x successes of n
 trials, against a reference rate p̂ estimated from the cell's own stable history:
 
-  p0 = p̂ + z_guard sqrt(p̂ (1 - p̂) / n_ref)          (the reference's upper bound)
+  p0 = p̂ + z_guard sqrt(p̂ (1 - p̂) / n_ref)                  (the reference's upper bound)
   p1 = p̂ + max(min_relative_change p̂, min_absolute_change)   (the smallest change worth a page)
   S  = max(0, S + x ln(p1 / p0) + (n - x) ln((1 - p1) / (1 - p0)))
 
@@ -40,13 +40,17 @@ Reference: per cell, a ring of the last ``reference_hours`` hour bins in which t
 *stable*; a period is absorbed only when the cell is stable after it (not while evidence is
 accumulating or in alarm), so the reference is frozen exactly when a change may be under way
 and never learns it. With ``seasonal``, the reference for a period is read from the bins of
-the same hour of day (plus or minus ``seasonal_band`` hours) only: error rates follow the
-daily traffic composition, and a reference averaged over the day would page every night.
+the same hour of day (plus or minus ``seasonal_band`` hours), shrunk towards the whole
+ring's rate by empirical Bayes (as far as the cell shows no daily cycle, or its band holds
+few errors): error rates follow the daily traffic
+composition, and a reference averaged over the day would page every night on a large
+stream, while on a small one the band alone would be too noisy to compare with.
 
 Lifecycle: ``shift`` latches (the page keeps firing) until :func:`accept` takes the new
-regime as the reference (from the unconditional ring of recent hours since the evidence
-began), either explicitly or automatically after ``accept_after_hours``; it then resolves
-once.
+regime as the reference, either explicitly or automatically after ``accept_after_hours``; it
+then resolves once. The new reference is the old one scaled by the change measured over the
+run of evidence: it keeps the 14 days of seasonal profile (a reference rebuilt from the few
+hours since the page would know nothing of the night, and page on it).
 
 State is a frozen dataclass of arrays, updated by the pure :func:`update`; it holds every
 count the decisions depend on, so it can be persisted (:func:`to_dict`, :func:`from_dict`)
@@ -90,17 +94,24 @@ class SequentialParameters:
     # 0.01% -> 0.02% (+100%, but one in ten thousand) does not page on a huge stream.
     min_relative_change: float = 0.10
     min_absolute_change: float = 0.001
+    # The CUSUMs run per cell, at these multiples of the smallest change (a ladder standing
+    # in for a GLR over the unknown magnitude): the first is the most sensitive to a change of
+    # the smallest size, the larger ones page sooner on large changes. Bonferroni over them
+    # costs ln(3) nats of threshold: about 10% more delay on a change of the smallest size.
+    alternatives: tuple[float, ...] = (1.0, 3.0, 10.0)
     # The page's budget for the monitor as a whole (all cells, all segments).
     false_alarms_per_30_days: float = 1.0
     segments: int = 1
     # The length of one update; the threshold counts updates, so it is part of the budget.
     period_minutes: int = 5
-    # Reference: hour bins of stable periods kept per cell; 14 days holds 14 x 3 bins of each
-    # hour band when seasonal (about 1.6% relative error on a 3% rate at 3,000 labels/h).
+    # Reference: hour bins of stable periods kept per cell; 14 days hold 14 bins of each hour
+    # of day, for the seasonal reference.
     reference_hours: int = 336
     min_reference_trials: int = 200
     seasonal: bool = True
-    seasonal_band: int = 1
+    # The same hour of day only (+-1 h paged at the edges of a night that is a step: measured),
+    # shrunk towards the whole ring as far as the cell's measured daily cycle allows.
+    seasonal_band: int = 0
     guard_z: float = 2.0
     # "accumulating" from this share of the threshold on: the reference freezes from there.
     accumulating_share: float = 0.5
@@ -115,6 +126,8 @@ class SequentialParameters:
             raise ValueError("the smallest change worth a page must be positive")
         if self.period_minutes <= 0 or self.reference_hours <= 0 or self.segments <= 0:
             raise ValueError("period_minutes, reference_hours and segments must be positive")
+        if not self.alternatives or min(self.alternatives) <= 0:
+            raise ValueError("alternatives must be positive multiples of the smallest change")
         if self.false_alarms_per_30_days <= 0:
             raise ValueError("false_alarms_per_30_days must be positive")
 
@@ -141,7 +154,8 @@ def cells_of(k: int, params: SequentialParameters) -> tuple[Cell, ...]:
 def threshold(n_cells: int, params: SequentialParameters) -> float:
     """h such that the monitor's false alarms stay within budget (Ville + Bonferroni)."""
     periods = MINUTES_PER_30_DAYS / params.period_minutes
-    return math.log(periods * n_cells * params.segments / params.false_alarms_per_30_days)
+    tests = n_cells * params.segments * len(params.alternatives)
+    return math.log(periods * tests / params.false_alarms_per_30_days)
 
 
 def cell_counts(cells: Sequence[Cell], matrix: Counts) -> tuple[Counts, Counts]:
@@ -169,7 +183,7 @@ class DetectorState:
     classes: tuple[str, ...]
     cells: tuple[Cell, ...]
     threshold: float
-    evidence: Floats  # S per cell
+    evidence: Floats  # S per cell and alternative, (cells, alternatives)
     shifted: NDArray[np.bool_]  # latched alarm per cell
     shift_periods: Counts  # periods spent in alarm
     # The current run (periods since S was last 0): the CUSUM's estimate of the change's span.
@@ -180,23 +194,17 @@ class DetectorState:
     # by run_n they are the run's volume-weighted reference size, for the interval).
     run_reference_x: Floats
     run_reference_n: Floats
-    run_start_hour: Counts  # the hour the run began (-1: no run)
     # The last period, for the report when there is no run.
     last_x: Counts
     last_n: Counts
     last_reference: Floats  # p̂ at the last period (NaN: no reference)
-    last_reference_x: Counts
-    last_reference_n: Counts
+    last_reference_x: Floats  # the reference's effective successes and trials
+    last_reference_n: Floats
     # Reference ring of stable hour bins, per cell (hour -1: empty).
-    ref_x: Counts  # (cells, reference_hours)
+    ref_x: Floats  # (cells, reference_hours); float: an accepted regime scales it
     ref_n: Counts
     ref_hour: Counts
     ref_head: Counts  # (cells,) index of the newest bin
-    # Unconditional ring of recent hour bins (the new regime, should it be accepted).
-    recent_x: Counts
-    recent_n: Counts
-    recent_hour: Counts  # (reference_hours,)
-    recent_head: int
     periods: int = 0
     last_hour: int = -1
 
@@ -211,7 +219,7 @@ def initial_state(classes: Sequence[str], params: SequentialParameters | None = 
         classes=tuple(classes),
         cells=cells,
         threshold=threshold(c, params),
-        evidence=np.zeros(c),
+        evidence=np.zeros((c, len(params.alternatives))),
         shifted=np.zeros(c, bool),
         shift_periods=np.zeros(c, np.int64),
         run_x=np.zeros(c, np.int64),
@@ -219,20 +227,15 @@ def initial_state(classes: Sequence[str], params: SequentialParameters | None = 
         run_expected=np.zeros(c),
         run_reference_x=np.zeros(c),
         run_reference_n=np.zeros(c),
-        run_start_hour=np.full(c, -1, np.int64),
         last_x=np.zeros(c, np.int64),
         last_n=np.zeros(c, np.int64),
         last_reference=np.full(c, np.nan),
-        last_reference_x=np.zeros(c, np.int64),
-        last_reference_n=np.zeros(c, np.int64),
-        ref_x=np.zeros((c, r), np.int64),
+        last_reference_x=np.zeros(c),
+        last_reference_n=np.zeros(c),
+        ref_x=np.zeros((c, r)),
         ref_n=np.zeros((c, r), np.int64),
         ref_hour=np.full((c, r), -1, np.int64),
         ref_head=np.zeros(c, np.int64),
-        recent_x=np.zeros((c, r), np.int64),
-        recent_n=np.zeros((c, r), np.int64),
-        recent_hour=np.full(r, -1, np.int64),
-        recent_head=0,
     )
 
 
@@ -246,10 +249,39 @@ def _in_band(hours: Counts, hour: int, params: SequentialParameters) -> NDArray[
     return filled & (distance <= params.seasonal_band)
 
 
-def reference_counts(state: DetectorState, hour: int) -> tuple[Counts, Counts]:
-    """Per cell, the reference successes and trials that a period in ``hour`` is compared with."""
+@dataclass(frozen=True)
+class ReferenceCounts:
+    """Per cell, what a period in a given hour is compared with."""
+
+    x_band: Floats  # successes and trials of the seasonal band (the whole ring when not seasonal)
+    n_band: Counts
+    x_all: Floats  # of the whole ring
+    n_all: Counts
+    # The relative variance of the hour-of-day rates around the ring's rate beyond sampling
+    # noise (method of moments, >= 0): how much daily cycle the cell has.
+    cycle: Floats
+
+
+def reference_counts(state: DetectorState, hour: int) -> ReferenceCounts:
+    filled = state.ref_hour >= 0
+    x_all = (state.ref_x * filled).sum(axis=1)
+    n_all = (state.ref_n * filled).sum(axis=1)
+    c = len(state.cells)
+    if not state.params.seasonal:
+        return ReferenceCounts(x_all, n_all, x_all, n_all, np.zeros(c))
     band = _in_band(state.ref_hour, hour, state.params)
-    return (state.ref_x * band).sum(axis=1), (state.ref_n * band).sum(axis=1)
+    # Per cell and hour of day: one bincount over (cell, hour of day).
+    slot = np.arange(c)[:, None] * HOURS_PER_DAY + state.ref_hour % HOURS_PER_DAY
+    x_hod = np.bincount(slot.ravel(), (state.ref_x * filled).ravel(), c * HOURS_PER_DAY).reshape(c, -1)
+    n_hod = np.bincount(slot.ravel(), (state.ref_n * filled).ravel(), c * HOURS_PER_DAY).reshape(c, -1)
+    overall = ((x_all + 0.5) / (n_all + 1.0))[:, None]
+    expected = n_hod * overall
+    excess = ((x_hod - expected) ** 2).sum(axis=1) - (expected * (1 - overall)).sum(axis=1)
+    scale = (expected**2).sum(axis=1)
+    cycle = np.clip(excess / np.maximum(scale, 1e-300), 0.0, 1.0)
+    return ReferenceCounts(
+        (state.ref_x * band).sum(axis=1), (state.ref_n * band).sum(axis=1), x_all, n_all, cycle
+    )
 
 
 @dataclass(frozen=True)
@@ -257,31 +289,58 @@ class Rates:
     """The reference rate, its guarded null p0, the alternative p1, and whether the cell can test."""
 
     estimate: Floats
+    trials: Floats  # the effective number of reference trials behind the estimate
     null: Floats
-    alternative: Floats
-    ready: NDArray[np.bool_]
+    alternative: Floats  # (cells, alternatives)
+    ready: NDArray[np.bool_]  # (cells, alternatives)
 
 
-def rates(x_ref: Counts, n_ref: Counts, params: SequentialParameters) -> Rates:
-    """p̂ (with half a success of continuity, so a zero count still gives a positive rate),
-    p0 = p̂ + z sqrt(p̂(1 - p̂)/n), p1 = p̂ + max(rho p̂, floor); a cell tests only when its
-    reference holds enough trials and p1 > p0 (else the reference is too small to tell the
-    smallest change worth a page from its own noise)."""
-    n = n_ref.astype(np.float64)
-    estimate = (x_ref + 0.5) / (n + 1.0)
-    null = estimate + params.guard_z * np.sqrt(estimate * (1 - estimate) / (n + 1.0))
-    step = np.maximum(params.min_relative_change * estimate, params.min_absolute_change)
-    alternative = np.minimum(estimate + step, 1 - 1e-12)
-    ready = (n_ref >= params.min_reference_trials) & (alternative > null) & (null < 1)
-    return Rates(estimate, null, alternative, ready)
+def rates(ref: ReferenceCounts, params: SequentialParameters) -> Rates:
+    """The reference rate and the two hypotheses of the CUSUM.
+
+    The ring's rate is p_a = (x_a + 1/2) / (n_a + 1) (half a success of continuity, so a zero
+    count still gives a positive rate). Seasonal: the band's rate p_s = x_s / n_s shrunk
+    towards p_a by empirical Bayes, p̂ = w p_s + (1 - w) p_a with
+    w = tau^2 / (tau^2 + (1 - p_a) / (n_s p_a)), tau^2 the cell's measured daily cycle (the
+    relative variance of its hour-of-day rates beyond sampling noise): a cell without a cycle
+    pools the whole ring (the most precise reference), one with a cycle follows it as far as
+    its band's errors allow. ``trials`` is the effective sample size of that mixture,
+    1 / (w^2 / n_s + (1 - w)^2 / n_a). Then p0 = p̂ + z sqrt(p̂(1 - p̂)/trials),
+    p1 = p̂ + max(rho p̂, floor) per alternative. A cell tests only when its reference holds
+    enough trials and p1 > p0 (else the reference is too small to tell the change from its
+    own noise)."""
+    n_a = ref.n_all.astype(np.float64)
+    overall = (ref.x_all + 0.5) / (n_a + 1.0)
+    if params.seasonal:
+        n_s = ref.n_band.astype(np.float64)
+        signal = n_s * overall * ref.cycle
+        weight = np.where(n_s > 0, signal / np.maximum(signal + (1 - overall), 1e-300), 0.0)
+        band_rate = np.where(n_s > 0, ref.x_band / np.maximum(n_s, 1.0), overall)
+        estimate = weight * band_rate + (1 - weight) * overall
+        spread = weight**2 / np.maximum(n_s, 1.0) + (1 - weight) ** 2 / (n_a + 1.0)
+        trials = 1.0 / spread
+        # a band rate of 0 must not make the reference 0 (half a success, as for p_a)
+        estimate = np.maximum(estimate, 0.5 / (n_a + 1.0))
+    else:
+        estimate, trials = overall, n_a + 1.0
+    null = estimate + params.guard_z * np.sqrt(estimate * (1 - estimate) / trials)
+    multiples = np.asarray(params.alternatives, np.float64)[None, :]
+    step = np.maximum(
+        params.min_relative_change * multiples * estimate[:, None], params.min_absolute_change * multiples
+    )
+    alternative = np.minimum(estimate[:, None] + step, 1 - 1e-12)
+    usable = (ref.n_all >= params.min_reference_trials) & (null < 1)
+    ready = usable[:, None] & (alternative > null[:, None])
+    return Rates(estimate, trials, null, alternative, ready)
 
 
 def log_likelihood_ratio(x: Counts, n: Counts, r: Rates) -> Floats:
-    """Per cell, ln of P(x | p1) / P(x | p0) for x successes in n binomial trials."""
-    p0 = np.where(r.ready, r.null, 0.5)
+    """Per cell and alternative, ln P(x | p1) / P(x | p0) for x successes in n binomial trials."""
+    p0 = np.where(r.ready, r.null[:, None], 0.5)
     p1 = np.where(r.ready, r.alternative, 0.5)
+    xs, ns = x[:, None], n[:, None]
     return np.where(  # type: ignore[no-any-return]
-        r.ready, x * np.log(p1 / p0) + (n - x) * (np.log1p(-p1) - np.log1p(-p0)), 0.0
+        r.ready, xs * np.log(p1 / p0) + (ns - xs) * (np.log1p(-p1) - np.log1p(-p0)), 0.0
     )
 
 
@@ -294,31 +353,32 @@ def update(state: DetectorState, counts: Counts, hour: int) -> DetectorState:
         raise ValueError(f"hour {hour} is before the last period's hour {state.last_hour}")
     p = state.params
     x, n = cell_counts(state.cells, counts)
-    x_ref, n_ref = reference_counts(state, hour)
-    r = rates(x_ref, n_ref, p)
+    r = rates(reference_counts(state, hour), p)
+    # The reference's effective successes and trials, for the interval of the change.
+    testing = r.ready.any(axis=1)
+    x_ref = np.where(testing, r.estimate * r.trials, 0.0)
+    n_ref = np.where(testing, r.trials, 0.0)
     llr = log_likelihood_ratio(x, n, r)
     # A cell without a usable reference accumulates nothing (there is nothing to compare with);
     # a latched one keeps its evidence for the page and the report.
     evidence = np.where(r.ready, np.maximum(0.0, state.evidence + llr), 0.0)
-    evidence = np.where(state.shifted & ~r.ready, state.evidence, evidence)
-    shifted = state.shifted | (r.ready & (evidence >= state.threshold))
+    evidence = np.where(state.shifted[:, None] & ~r.ready, state.evidence, evidence)
+    shifted = state.shifted | (r.ready & (evidence >= state.threshold)).any(axis=1)
     shift_periods = state.shift_periods + shifted
+    strongest = evidence.max(axis=1)
     # The run: periods since the evidence was last 0 (kept whole while latched).
-    in_run = (evidence > 0) | shifted
-    starts = in_run & (state.run_start_hour < 0)
-    expected = n * np.where(r.ready, r.estimate, 0.0)
+    in_run = (strongest > 0) | shifted
+    expected = n * np.where(testing, r.estimate, 0.0)
     run_x = np.where(in_run, state.run_x + x, 0)
     run_n = np.where(in_run, state.run_n + n, 0)
     run_expected = np.where(in_run, state.run_expected + expected, 0.0)
-    run_reference_x = np.where(in_run, state.run_reference_x + n * x_ref.astype(np.float64), 0.0)
-    run_reference_n = np.where(in_run, state.run_reference_n + n * n_ref.astype(np.float64), 0.0)
-    run_start = np.where(starts, hour, np.where(in_run, state.run_start_hour, -1))
+    run_reference_x = np.where(in_run, state.run_reference_x + n * x_ref, 0.0)
+    run_reference_n = np.where(in_run, state.run_reference_n + n * n_ref, 0.0)
     # Freeze: the period enters the reference only if the cell is stable after it. A cell
     # whose evidence is building (or in alarm) may be seeing the change: absorbing it would
     # pull the reference towards the new regime and erase the very evidence being accumulated.
-    absorb = ~shifted & (evidence < p.accumulating_share * state.threshold)
+    absorb = ~shifted & (strongest < p.accumulating_share * state.threshold)
     ref_x, ref_n, ref_hour, ref_head = _absorb(state, absorb, x, n, hour)
-    recent_x, recent_n, recent_hour, recent_head = _record_recent(state, x, n, hour)
     out = replace(
         state,
         evidence=evidence,
@@ -329,20 +389,15 @@ def update(state: DetectorState, counts: Counts, hour: int) -> DetectorState:
         run_expected=run_expected,
         run_reference_x=run_reference_x,
         run_reference_n=run_reference_n,
-        run_start_hour=run_start,
         last_x=x,
         last_n=n,
-        last_reference=np.where(r.ready, r.estimate, np.nan),
+        last_reference=np.where(testing, r.estimate, np.nan),
         last_reference_x=x_ref,
         last_reference_n=n_ref,
         ref_x=ref_x,
         ref_n=ref_n,
         ref_hour=ref_hour,
         ref_head=ref_head,
-        recent_x=recent_x,
-        recent_n=recent_n,
-        recent_hour=recent_hour,
-        recent_head=recent_head,
         periods=state.periods + 1,
         last_hour=hour,
     )
@@ -355,7 +410,7 @@ def update(state: DetectorState, counts: Counts, hour: int) -> DetectorState:
 
 def _absorb(
     state: DetectorState, absorb: NDArray[np.bool_], x: Counts, n: Counts, hour: int
-) -> tuple[Counts, Counts, Counts, Counts]:
+) -> tuple[Floats, Counts, Counts, Counts]:
     """Add the period to the newest bin of each absorbing cell, or start a new bin (overwriting
     the oldest) when the newest bin is of another hour."""
     rows = np.arange(len(state.cells))
@@ -372,46 +427,27 @@ def _absorb(
     return ref_x, ref_n, ref_hour, head
 
 
-def _record_recent(
-    state: DetectorState, x: Counts, n: Counts, hour: int
-) -> tuple[Counts, Counts, Counts, int]:
-    head = state.recent_head
-    recent_x, recent_n, recent_hour = state.recent_x.copy(), state.recent_n.copy(), state.recent_hour.copy()
-    if recent_hour[head] != hour:
-        head = (head + 1) % state.params.reference_hours
-        recent_x[:, head] = 0
-        recent_n[:, head] = 0
-        recent_hour[head] = hour
-    recent_x[:, head] += x
-    recent_n[:, head] += n
-    return recent_x, recent_n, recent_hour, head
-
-
 def accept(state: DetectorState, cells: NDArray[np.bool_] | None = None) -> DetectorState:
-    """Take the new regime as the reference of the given cells (default: every latched cell):
-    the recent hour bins since their evidence began replace their reference, their evidence
-    restarts at 0, and the page resolves. (``baseline accept`` and the automatic acceptance
-    after ``accept_after_hours`` both land here.)"""
-    chosen = state.shifted.copy() if cells is None else np.asarray(cells, bool)
+    """Take the new regime as the reference of the latched cells (all, or those of ``cells``):
+    their reference's successes are scaled by the change measured over the run of evidence
+    (observed / expected), their evidence restarts at 0, and the page resolves. A cell that is
+    not latched keeps its reference. (``baseline accept`` and the automatic acceptance after
+    ``accept_after_hours`` both land here.)
+
+    Scaling keeps the reference's size and its daily profile. The alternatives fail: a
+    reference rebuilt from the hours since the page is small and knows one day's cycle at
+    most (measured: it paged again at night, was accepted again, and so on), and one that
+    merely restarts absorbing still holds the old regime and pages again on the same change."""
+    chosen = state.shifted & (True if cells is None else np.asarray(cells, bool))
     if not chosen.any():
         return state
-    since = state.run_start_hour[:, None]
-    keep = (state.recent_hour[None, :] >= np.maximum(since, 0)) & (state.recent_hour[None, :] >= 0)
-    ref_x, ref_n, ref_hour, ref_head = (
-        state.ref_x.copy(),
-        state.ref_n.copy(),
-        state.ref_hour.copy(),
-        state.ref_head.copy(),
-    )
-    pick = chosen[:, None]
-    ref_x = np.where(pick, np.where(keep, state.recent_x, 0), ref_x)
-    ref_n = np.where(pick, np.where(keep, state.recent_n, 0), ref_n)
-    ref_hour = np.where(pick, np.where(keep, state.recent_hour[None, :], -1), ref_hour)
-    ref_head = np.where(chosen, state.recent_head, ref_head)
+    ratio = np.where(state.run_expected > 0, state.run_x / np.maximum(state.run_expected, 1e-300), 1.0)
+    ref_x = np.where(chosen[:, None], state.ref_x * ratio[:, None], state.ref_x)
+    ref_x = np.minimum(ref_x, state.ref_n)  # a rate stays a rate
     zero_i, zero_f = np.zeros_like(state.run_x), np.zeros_like(state.run_expected)
     return replace(
         state,
-        evidence=np.where(chosen, 0.0, state.evidence),
+        evidence=np.where(chosen[:, None], 0.0, state.evidence),
         shifted=state.shifted & ~chosen,
         shift_periods=np.where(chosen, 0, state.shift_periods),
         run_x=np.where(chosen, zero_i, state.run_x),
@@ -419,11 +455,7 @@ def accept(state: DetectorState, cells: NDArray[np.bool_] | None = None) -> Dete
         run_expected=np.where(chosen, zero_f, state.run_expected),
         run_reference_x=np.where(chosen, zero_f, state.run_reference_x),
         run_reference_n=np.where(chosen, zero_f, state.run_reference_n),
-        run_start_hour=np.where(chosen, -1, state.run_start_hour),
         ref_x=ref_x,
-        ref_n=ref_n,
-        ref_hour=ref_hour,
-        ref_head=ref_head,
     )
 
 
@@ -437,7 +469,7 @@ def cell_states(state: DetectorState) -> tuple[str, ...]:
             out.append(SHIFT)
         elif state.periods == 0 or math.isnan(state.last_reference[c]):
             out.append(INSUFFICIENT_DATA)
-        elif state.evidence[c] >= mark:
+        elif state.evidence[c].max() >= mark:
             out.append(ACCUMULATING)
         else:
             out.append(STABLE)
@@ -526,7 +558,7 @@ def report(state: DetectorState) -> tuple[CellReport, ...]:
                 relative_change=change,
                 relative_change_low=low,
                 relative_change_high=high,
-                evidence=float(state.evidence[c]),
+                evidence=float(state.evidence[c].max()),
                 threshold=state.threshold,
                 state=states[c],
                 current_trials=int(n),
@@ -563,7 +595,6 @@ _ARRAYS = (
     "run_expected",
     "run_reference_x",
     "run_reference_n",
-    "run_start_hour",
     "last_x",
     "last_n",
     "last_reference",
@@ -573,9 +604,6 @@ _ARRAYS = (
     "ref_n",
     "ref_hour",
     "ref_head",
-    "recent_x",
-    "recent_n",
-    "recent_hour",
 )
 
 
@@ -584,7 +612,6 @@ def to_dict(state: DetectorState) -> dict[str, Any]:
     out: dict[str, Any] = {name: getattr(state, name).tolist() for name in _ARRAYS}
     out["params"] = {f: getattr(state.params, f) for f in state.params.__dataclass_fields__}
     out["classes"] = list(state.classes)
-    out["recent_head"] = state.recent_head
     out["periods"] = state.periods
     out["last_hour"] = state.last_hour
     return out
@@ -592,7 +619,9 @@ def to_dict(state: DetectorState) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> DetectorState:
     """The inverse of :func:`to_dict`; raises if the stored parameters or classes do not fit."""
-    params = SequentialParameters(**data["params"])
+    stored = dict(data["params"])
+    stored["alternatives"] = tuple(stored["alternatives"])
+    params = SequentialParameters(**stored)
     state = initial_state(data["classes"], params)
     arrays: dict[str, Any] = {
         name: np.asarray(data[name], dtype=getattr(state, name).dtype).reshape(getattr(state, name).shape)
@@ -601,7 +630,6 @@ def from_dict(data: dict[str, Any]) -> DetectorState:
     return replace(
         state,
         **arrays,
-        recent_head=int(data["recent_head"]),
         periods=int(data["periods"]),
         last_hour=int(data["last_hour"]),
     )
@@ -609,10 +637,9 @@ def from_dict(data: dict[str, Any]) -> DetectorState:
 
 def states_equal(a: DetectorState, b: DetectorState) -> bool:
     """Bit-for-bit equality of two states (replay and restart checks)."""
-    if (a.params, a.classes, a.recent_head, a.periods, a.last_hour) != (
+    if (a.params, a.classes, a.periods, a.last_hour) != (
         b.params,
         b.classes,
-        b.recent_head,
         b.periods,
         b.last_hour,
     ):
