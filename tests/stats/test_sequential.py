@@ -491,10 +491,12 @@ def test_replaying_the_same_periods_gives_the_same_state() -> None:
     assert sq.states_equal(*runs)
 
 
-def test_hours_must_not_go_back() -> None:
+def test_hours_must_not_go_back_and_matrices_must_fit() -> None:
     state = sq.update(sq.initial_state(("a", "b")), np.ones((2, 2), np.int64), 10)
     with pytest.raises(ValueError):
         sq.update(state, np.ones((2, 2), np.int64), 9)
+    with pytest.raises(ValueError):
+        sq.update(state, np.ones((3, 3), np.int64), 11)
 
 
 def test_the_sentence_names_the_cell_in_words() -> None:

@@ -352,6 +352,9 @@ def update(state: DetectorState, counts: Counts, hour: int) -> DetectorState:
     if hour < state.last_hour:
         raise ValueError(f"hour {hour} is before the last period's hour {state.last_hour}")
     p = state.params
+    k = len(state.classes)
+    if np.shape(counts) != (k, k):
+        raise ValueError(f"a {k} x {k} matrix is expected, got shape {np.shape(counts)}")
     x, n = cell_counts(state.cells, counts)
     r = rates(reference_counts(state, hour), p)
     # The reference's effective successes and trials, for the interval of the change.
