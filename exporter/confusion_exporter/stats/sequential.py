@@ -20,18 +20,19 @@ Per cell and period (e.g. 5 minutes of newly labeled predictions) with x success
 trials, against a reference rate p̂ estimated from the cell's own stable history:
 
   p0 = p̂ + z_guard sqrt(p̂ (1 - p̂) / n_ref)                  (the reference's upper bound)
-  p1 = p̂ + max(min_relative_change p̂, min_absolute_change)   (the smallest change worth a page)
+  p1 = p̂ + a max(min_relative_change p̂, min_absolute_change)  (a x the smallest change worth a page)
   S  = max(0, S + x ln(p1 / p0) + (n - x) ln((1 - p1) / (1 - p0)))
 
-a one-sided Bernoulli CUSUM (Page 1954) of p1 against p0; only rises are tested, because any
+one-sided Bernoulli CUSUMs (Page 1954) of p1 against p0, one per multiple a of
+``alternatives`` (a ladder standing in for a GLR over the unknown magnitude); only rises are tested, because any
 harmful change of a row raises at least one of its error rates (a falling error rate is
 good news, or the mirror of another rate's rise). When the true rate is at most p0 the
 period's likelihood ratio has mean at most 1, so by Ville's inequality each restart of the
 CUSUM reaches h with probability at most e^-h, and (Lorden 1971) false alarms are at least
 e^h periods apart on average, whatever the periods' sizes. The threshold is Bonferroni over
-the monitor's cells and segments:
+the monitor's cells, segments and alternatives:
 
-  h = ln(periods per 30 days x cells x segments / false_alarms_per_30_days)
+  h = ln(periods per 30 days x cells x segments x alternatives / false_alarms_per_30_days)
 
 The guard ``z_guard`` is what keeps the reference's own sampling error from being read as a
 change (a reference 2% low by chance is a fifth of the way to a 10% change, every period).
