@@ -24,9 +24,9 @@ trials, against a reference rate p̂ estimated from the cell's own stable histor
   S  = max(0, S + x ln(p1 / p0) + (n - x) ln((1 - p1) / (1 - p0)))
 
 one-sided Bernoulli CUSUMs (Page 1954) of p1 against p0, one per multiple a of
-``alternatives`` (a ladder standing in for a GLR over the unknown magnitude); only rises are tested, because any
-harmful change of a row raises at least one of its error rates (a falling error rate is
-good news, or the mirror of another rate's rise). When the true rate is at most p0 the
+``alternatives`` (a ladder standing in for a GLR over the unknown magnitude). Only rises
+are tested, because any harmful change of a row raises at least one of its error rates (a
+falling error rate is good news, or the mirror of another rate's rise). When the true rate is at most p0 the
 period's likelihood ratio has mean at most 1, so by Ville's inequality each restart of the
 CUSUM reaches h with probability at most e^-h, and (Lorden 1971) false alarms are at least
 e^h periods apart on average, whatever the periods' sizes. The threshold is Bonferroni over
