@@ -55,8 +55,18 @@ def test_landing_page_in_chromium_matches_metrics_and_shows_the_shift(
     try:
         from .processes import wait_until
 
+        # Monitors publish as each finishes (side by side): wait for every one of them, so the
+        # page and /metrics below show the same, final snapshot.
+        names = [m["name"] for m in settings["monitors"]]
         metrics = wait_until(
-            lambda: (m := exporter.metrics()) and any(n == "confusion_matrix_predictions" for n, _ in m) and m
+            lambda: (
+                (m := exporter.metrics())
+                and all(
+                    value(m, "confusion_exporter_last_refresh_success_timestamp_seconds", monitor=n) > 0
+                    for n in names
+                )
+                and m
+            )
         )
         dom = render_in_browser(chromium, exporter.url("/"))
         page = PageReader()

@@ -461,3 +461,56 @@ def test_a_batch_cut_off_by_the_statement_timeout_is_retried_smaller(
             )
         ).scalar_one()
     assert folded == sum(batches)  # the cancelled attempts left nothing behind
+
+
+def test_ids_of_aborted_writes_are_given_up_and_counted(cli, clean_reference_schema, exporter_url, tmp_path):
+    """An aborted INSERT takes ids that never appear: the fold keeps them pending, then gives
+    them up once no transaction could still hold them, and the count is exported."""
+    admin = clean_reference_schema
+    now = datetime.now(UTC)
+    row = {
+        "model_name": "m",
+        "model_version": "v1",
+        "predicted_at": now,
+        "predicted_class": "a",
+        "score": 0.9,
+    }
+    with admin.begin() as conn:
+        insert_predictions(conn, [row])
+    exporter = ExporterProcess(
+        cli,
+        {
+            "exporter": {"refresh_interval": "1s"},
+            "sources": [{"name": "ref", "table": VIEW, "columns": VIEW_COLUMNS, "rollup": True}],
+            "monitors": [
+                {
+                    "source": "ref",
+                    "model": "*",
+                    "window": "1h",
+                    "reference": {"kind": "trailing", "length": "3h"},
+                }
+            ],
+        },
+        exporter_url,
+        tmp_path,
+    )
+    try:
+        conn = admin.connect()
+        aborted = conn.begin()
+        insert_predictions(conn, [row, row, row])  # three ids taken, never committed
+        aborted.rollback()
+        conn.close()
+        with admin.begin() as conn:
+            insert_predictions(conn, [row])  # the next id: the three become a gap below it
+        counted = wait_until(
+            lambda: (
+                (m := exporter.metrics())
+                and value(m, "confusion_exporter_rollup_given_up_ids_total", source="ref") == 3
+                and m
+            ),
+            timeout=30,
+        )
+        assert value(counted, "confusion_exporter_rollup_pending_ids", source="ref") == 0
+        assert value(counted, "confusion_exporter_rollup_predictions_total", source="ref") == 2
+    finally:
+        exporter.stop()

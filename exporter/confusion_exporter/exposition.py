@@ -534,6 +534,12 @@ class HealthCollector(Collector):
                     "folds a backlog in batches and they read the source table.",
                     labels=["source"],
                 ),
+                CounterMetricFamily(
+                    "confusion_exporter_rollup_given_up_ids",
+                    "Ids that never became visible (aborted writes, sequence jumps), given up once no "
+                    "transaction could still hold them.",
+                    labels=["source"],
+                ),
             ]
             backlog = GaugeMetricFamily(
                 "confusion_exporter_rollup_backlog_rows",
@@ -549,6 +555,7 @@ class HealthCollector(Collector):
                 "label_rows",
                 "batch_rows",
                 "caught_up",
+                "given_up",
             )
             for source, stats in state.folds.items():
                 for family, key in zip(rollup, keys, strict=True):
