@@ -232,3 +232,33 @@ def test_hostile_names_in_the_rows_print_escaped_in_text_and_exact_in_json(
     assert sorted(entry["matrices"]["classes"]) == sorted(classes)  # JSON keeps the names exactly
     html = run_report(cli, exporter_url, path, "--format", "html")
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+@pytest.mark.parametrize("command", ["report", "backfill"])
+def test_an_output_path_that_cannot_be_written_is_exit_2_naming_the_flag(
+    cli, exporter_url, report_setup, tmp_path, command
+):
+    """A user's mistake (a directory, a path under a file), one line, nothing left half-written.
+    Root can write anywhere, so the paths fail for any user: a directory and a file as parent."""
+    _, path = report_setup
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    targets = [tmp_path] if command == "report" else []
+    targets.append(blocker / "below")
+    for target in targets:
+        span = ["--from", START.isoformat(), "--to", END.isoformat()]
+        extra = ["--monitor", "m"] if command == "report" else ["--step", "30m"]
+        result = run_cli(
+            cli,
+            command,
+            "--config",
+            str(path),
+            *extra,
+            *span,
+            "--output",
+            str(target),
+            env={"DATABASE_URL": exporter_url},
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stderr.startswith("config error: --output: cannot write"), result.stderr

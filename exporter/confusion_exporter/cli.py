@@ -361,7 +361,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     render = {"text": to_text, "json": to_json, "html": to_html}[args.format]
     body = render(report)
     if args.output:
-        Path(args.output).write_text(body, encoding="utf-8")
+        try:
+            Path(args.output).write_text(body, encoding="utf-8")
+        except OSError as error:
+            raise ConfigError([_unwritable("--output", args.output, error)]) from None
         say(f"report of {monitor.monitor_name} written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(body)
@@ -381,9 +384,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         raise ConfigError(
             [f"--step: {steps} instants; use a longer step or a shorter span (at most 100,000)"]
         )
-    engine = _reader(config)
     output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    try:  # before any evaluation: a path that cannot be written is the user's to fix, at once
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".confusion-exporter-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError([_unwritable("--output", args.output, error)]) from None
+    engine = _reader(config)
     try:
         result = backfill(engine, config, args.start, args.end, args.step, output)
     finally:
@@ -727,6 +736,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in traceback.format_exc().splitlines():
             say(line, file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _unwritable(flag: str, path: str, error: OSError) -> str:
+    return f"{flag}: cannot write {path!r}: {error.strerror or error}; choose a path this user can write"
 
 
 def _one_line(error: BaseException) -> str:
