@@ -394,3 +394,47 @@ def test_exporter_process_survives_sigpipe_like_client_disconnects(cluster, cli,
         assert exporter.process.poll() is None
     finally:
         assert exporter.stop() == 0
+
+
+def test_ids_of_aborted_writes_are_given_up_and_counted(cluster, admin, cli, tmp_path):
+    """An aborted INSERT takes ids that never appear: the fold keeps them pending, then gives
+    them up once no transaction in the cluster could still hold them, and counts them. On a
+    server of its own: another test's open transaction on a shared server would (rightly)
+    hold the give-up back."""
+    settings = config()
+    settings["sources"][0]["name"] = "given-up"  # a rollup state of its own
+    settings["monitors"][0]["source"] = "given-up"
+    row = {
+        "model_name": "digits-rf",
+        "model_version": "v1",
+        "predicted_at": datetime.now(UTC),
+        "predicted_class": "3",
+        "score": 0.9,
+    }
+    exporter = ExporterProcess(cli, settings, exporter_url(cluster), tmp_path)
+    try:
+        conn = admin.connect()
+        aborted = conn.begin()
+        taken = insert_predictions(conn, [row, row, row])  # three ids, never committed
+        aborted.rollback()
+        conn.close()
+        with admin.begin() as conn:
+            insert_predictions(conn, [row])  # a later id: the three are a gap below it
+        counted = wait_until(
+            lambda: (
+                (m := exporter.metrics())
+                and value(m, "confusion_exporter_rollup_given_up_ids_total", source="given-up") >= 3
+                and value(m, "confusion_exporter_rollup_pending_ids", source="given-up") == 0
+                and m
+            ),
+            timeout=60,
+            interval=0.5,
+        )
+        assert counted
+        with admin.connect() as conn:
+            pending = conn.execute(
+                sa.text("SELECT pending FROM confusion_exporter.rollup_state WHERE source = 'given-up'")
+            ).scalar_one()
+        assert not set(map(str, taken)) & set(pending["predictions"])
+    finally:
+        assert exporter.stop() == 0
