@@ -20,22 +20,25 @@ BUCKET = 60
 CLASSES = ["cat", "dog", "bird", None, "  "]  # NULL and blank classes are rejections, counted apart
 
 
+def rollup_mapping(rollup: bool = True, exporter: dict | None = None, **monitor) -> dict:  # type: ignore[type-arg]
+    """The config of one "*" monitor over the reference schema, as a user writes it."""
+    return {
+        **({"exporter": exporter} if exporter else {}),
+        "sources": [{**REFERENCE_SOURCE, "rollup": rollup}],
+        "monitors": [
+            {
+                "source": "ref",
+                "model": "*",
+                "window": "1h",
+                "reference": {"kind": "trailing", "length": "3h"},
+                **monitor,
+            }
+        ],
+    }
+
+
 def rollup_config(rollup: bool = True, **monitor):  # type: ignore[no-untyped-def]
-    return config_from_mapping(
-        {
-            "sources": [{**REFERENCE_SOURCE, "rollup": rollup}],
-            "monitors": [
-                {
-                    "source": "ref",
-                    "model": "*",
-                    "window": "1h",
-                    "reference": {"kind": "trailing", "length": "3h"},
-                    **monitor,
-                }
-            ],
-        },
-        env={},
-    )
+    return config_from_mapping(rollup_mapping(rollup, **monitor), env={})
 
 
 def recount(connection: sa.Connection) -> dict[tuple, tuple[int, float]]:  # type: ignore[type-arg]
@@ -310,21 +313,7 @@ def test_rebuild_detects_and_repairs_a_damaged_rollup(clean_reference_schema, ex
         clean_reference_schema, SimulationSettings(models=["digits-rf"], rate_per_second=0.5, seed=4)
     ).backfill(NOW - timedelta(hours=3), NOW)
     path = tmp_path / "rollup.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "sources": [{**REFERENCE_SOURCE, "rollup": True}],
-                "monitors": [
-                    {
-                        "source": "ref",
-                        "model": "*",
-                        "window": "1h",
-                        "reference": {"kind": "trailing", "length": "2h"},
-                    }
-                ],
-            }
-        )
-    )
+    path.write_text(yaml.safe_dump(rollup_mapping(reference={"kind": "trailing", "length": "2h"})))
     env = {"DATABASE_URL": exporter_url}
     rebuilt = run_cli(cli, "rebuild", "--config", str(path), "--source", "ref", env=env)
     assert rebuilt.returncode == 0, rebuilt.stderr
@@ -503,22 +492,7 @@ def test_rebuild_check_covers_rows_before_1970_and_rows_without_an_instant(
         reset(conn, "ref")
     dirty_reference_tables(clean_reference_schema, random.Random(7))
     path = tmp_path / "rollup.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "exporter": {"future_tolerance": "5s"},
-                "sources": [{**REFERENCE_SOURCE, "rollup": True}],
-                "monitors": [
-                    {
-                        "source": "ref",
-                        "model": "*",
-                        "window": "1h",
-                        "reference": {"kind": "trailing", "length": "3h"},
-                    }
-                ],
-            }
-        )
-    )
+    path.write_text(yaml.safe_dump(rollup_mapping(exporter={"future_tolerance": "5s"})))
     env = {"DATABASE_URL": exporter_url}
 
     def rebuild(*args: str):  # type: ignore[no-untyped-def]
