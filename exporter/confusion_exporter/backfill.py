@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from .config import Config
 from .evaluate import evaluate_monitor
 from .exposition import SnapshotCollector
+from .sequential_tracker import SequentialTracker
 from .snapshot import Snapshot
 
 log = logging.getLogger("confusion_exporter.backfill")
@@ -75,11 +76,19 @@ def backfill(
     headers: dict[str, list[str]] = {}
     parts: dict[str, object] = {}
     steps = samples = 0
+    # One sequential tracker per monitor, advanced step by step: the same state as a replay
+    # from the origin to each step, read once instead of once per step.
+    trackers = {
+        m.monitor_name: SequentialTracker(m, config.source(m.source), config.exporter.future_tolerance)
+        for m in config.monitors
+    }
     try:
         for at in instants(start, end, step):
             with engine.connect() as connection:
                 monitors = {
-                    m.monitor_name: evaluate_monitor(connection, config, m, at, historical=True)
+                    m.monitor_name: evaluate_monitor(
+                        connection, config, m, at, historical=True, tracker=trackers[m.monitor_name]
+                    )
                     for m in config.monitors
                 }
             for family in SnapshotCollector(Snapshot(at, monitors)).collect():

@@ -152,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", required=True, help="baseline name, as in reference: {kind: baseline, name: N}"
     )
 
+    accept = baseline_sub.add_parser(
+        "accept",
+        help="take a latched sequential shift's new regime as the reference (the page resolves once)",
+    )
+    _config_arg(accept)
+    accept.add_argument("--monitor", required=True, help="monitor name (the 'monitor' label)")
+    accept.add_argument("--model", default=None, help="only this model (default: every model of the monitor)")
+    accept.add_argument("--segment", default=None, help="only this segment (default: every segment)")
+    accept.add_argument("--note", default=None, help="why, for the record (stored with the event)")
+
     rebuild = sub.add_parser("rebuild", help="recount a rollup source from scratch (repair) or check it")
     _config_arg(rebuild)
     rebuild.add_argument("--source", required=True, help="a source with rollup enabled")
@@ -559,6 +569,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from .source.database import admin_engine
 
     config = _load(args)
+    if args.baseline_command == "accept":
+        return _accept(config, args)
     engine = admin_engine(resolve_database_url(config))
     try:
         slices, cells = capture_baseline(
@@ -567,6 +579,42 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     say(f"baseline {args.name!r} of monitor {args.monitor!r}: {slices} slice(s), {cells} cell(s) stored")
+    return EXIT_OK
+
+
+def _accept(config: Config, args: argparse.Namespace) -> int:
+    """Record an accept event; every evaluation from its instant on applies it (a replay too)."""
+    from .source.accepts import record_accept, table_exists
+    from .source.database import admin_engine
+
+    monitors = {m.monitor_name: m for m in config.monitors}
+    monitor = monitors.get(args.monitor)
+    if monitor is None:
+        raise ConfigError([f"--monitor: unknown monitor {args.monitor!r}; monitors: {', '.join(monitors)}"])
+    if not monitor.sequential.enabled:
+        raise ConfigError(
+            [f"--monitor: {args.monitor!r} has sequential.enabled: false; there is no shift to accept"]
+        )
+    engine = admin_engine(resolve_database_url(config))
+    try:
+        with engine.begin() as connection:
+            if not table_exists(connection):
+                raise ConfigError(
+                    [
+                        "the database has no confusion_exporter.sequential_accepts table; "
+                        "run `confusion-exporter migrate` (revision 0004) first"
+                    ]
+                )
+            at = record_accept(connection, monitor.monitor_name, args.model, args.segment, args.note)
+    finally:
+        engine.dispose()
+    scope = ", ".join(
+        f"{name} {value!r}" for name, value in (("model", args.model), ("segment", args.segment)) if value
+    )
+    say(
+        f"accepted the new regime of monitor {args.monitor!r}{' (' + scope + ')' if scope else ''} "
+        f"as of {at.isoformat()}: latched cells take it as their reference at the next 5-minute period"
+    )
     return EXIT_OK
 
 

@@ -10,7 +10,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +27,7 @@ from pydantic import (
 
 from .blank import is_blank
 from .database_url import DatabaseUrl, UrlProblem, check_database_url
+from .stats.sequential import SequentialParameters
 from .stats.shift import ShiftParameters
 
 ENV_PREFIX = "CONFUSION_EXPORTER_"
@@ -215,6 +216,48 @@ Reference = Annotated[
 ]
 
 
+class SequentialConfig(_Strict):
+    """The sequential layer of a monitor: small, persistent changes per error rate
+    (stats/sequential.py; defaults justified in docs/statistics.md, "Sequential detection")."""
+
+    enabled: bool = True
+    # The smallest change worth a page: a relative rise of an error rate, with an absolute floor.
+    min_relative_change: float = Field(default=0.10, gt=0, le=10)
+    min_absolute_change: float = Field(default=0.001, ge=0, lt=1)
+    false_alarms_per_30_days: float = Field(default=1.0, gt=0, le=1000)
+    # A latched shift becomes the new reference after this long; null: only `baseline accept`.
+    accept_after: Duration | None = timedelta(hours=24)
+    # Label arrivals are counted per period once ``settle`` has passed since its end (a row
+    # committed later than that is seen by a replay but was not by the live exporter).
+    settle: Duration = timedelta(minutes=2)
+    # The first instant the detector reads (default: the day of the source's first prediction
+    # of the monitor). Replays start here, so every evaluation of an instant agrees.
+    origin: datetime | None = None
+    # The detector watches at most this many classes of a slice (cells grow as K^2), in the
+    # order the configured ``classes`` list them, else in the order they first appear.
+    max_classes: int = Field(default=10, ge=2, le=50)
+    false_discovery_rates: bool = False
+
+    @field_validator("origin")
+    @classmethod
+    def _origin_has_zone(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-11-01T00:00:00Z")
+        return value
+
+    def parameters(self, segments: int = 1) -> SequentialParameters:
+        return SequentialParameters(
+            min_relative_change=self.min_relative_change,
+            min_absolute_change=self.min_absolute_change,
+            false_alarms_per_30_days=self.false_alarms_per_30_days,
+            accept_after_hours=None
+            if self.accept_after is None
+            else self.accept_after.total_seconds() / 3600,
+            false_discovery_rates=self.false_discovery_rates,
+            segments=segments,
+        )
+
+
 class MonitorConfig(_Strict):
     """One model (or ``*`` for each model found) of one source, compared window against reference."""
 
@@ -263,6 +306,7 @@ class MonitorConfig(_Strict):
     high_confidence: float = Field(default=0.9, gt=0, le=1)
     positive_class: str | None = Field(None, min_length=1)
     decision_thresholds: list[float] = Field(default_factory=list, max_length=20)
+    sequential: SequentialConfig = Field(default_factory=SequentialConfig)
 
     @field_validator("cost_matrix", mode="before")
     @classmethod

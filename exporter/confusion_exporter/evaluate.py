@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from .config import BaselineReference, Config, MonitorConfig, VersionReference
 from .matrices import SliceKey, WindowCounts, align, build_slices
+from .sequential_tracker import SequentialTracker
 from .snapshot import MonitorResult, SliceResult, WindowResult
 from .source.baselines import read_capture_window
 from .source.class_cap import ClassCap, capped_counts, fetch_capped
@@ -55,6 +56,9 @@ def evaluate_monitor(
     use_rollup: bool = True,
     score_cache: ScoreCache | None = None,
     historical: bool = False,
+    tracker: SequentialTracker | None = None,
+    sequential_budget: timedelta | None = None,
+    with_sequential: bool = True,
 ) -> MonitorResult:
     """Count ``monitor``'s windows as of ``now`` in the database and compute metrics and shift tests.
 
@@ -62,6 +66,9 @@ def evaluate_monitor(
     commands (gate, report) want the rows as they are now, not as of the last fold.
     ``historical`` evaluates a past instant as it was then (``snapshot --at``, ``backfill``):
     from the source table, with labels that arrived after ``now`` not counted yet.
+    ``tracker`` carries the sequential layer from one evaluation to the next (the live
+    exporter, ``backfill``); without one, the layer is replayed from its origin to ``now``.
+    ``sequential_budget`` bounds the time one evaluation spends replaying it.
     """
     labels_as_of = now if historical else None
     use_rollup = use_rollup and not historical
@@ -144,6 +151,11 @@ def evaluate_monitor(
             )
         )
     classes = sorted({c for r in results for w in r.windows.values() for c in w.counts.classes})
+    sequential = None
+    if monitor.sequential.enabled and with_sequential:
+        if tracker is None:
+            tracker = SequentialTracker(monitor, source, settings.future_tolerance)
+        sequential = tracker.advance(connection, now, sequential_budget)
     return MonitorResult(
         name=monitor.monitor_name,
         source=monitor.source,
@@ -163,6 +175,7 @@ def evaluate_monitor(
         reference_version=monitor.reference.version
         if isinstance(monitor.reference, VersionReference)
         else None,
+        sequential=sequential,
     )
 
 

@@ -21,8 +21,9 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .matrices import WindowCounts
-from .snapshot import MonitorResult, SliceResult, Snapshot, WindowResult
+from .snapshot import MonitorResult, SequentialResult, SliceResult, Snapshot, WindowResult
 from .source.counts import REJECT_REASONS
+from .stats import sequential as seq
 from .stats.classification import ClassificationMetrics
 from .stats.shift import STATES, ShiftReport
 from .windows import CURRENT, REFERENCE
@@ -76,6 +77,8 @@ class SnapshotCollector(Collector):
                 g.cost_increase_lower_bound.add_metric(base, result.cost_increase_lower_bound)
                 if result.shift is not None:
                     g.add_shift(base, result.shift)
+            if monitor.sequential is not None:
+                g.add_sequential(monitor.name, monitor.sequential)
         yield from g.all()
 
 
@@ -337,6 +340,60 @@ class _Families:
             + CACHED,
             labels=[*SLICE_LABELS, "true_class", "predicted_class"],
         )
+        q = ["monitor", "model", "segment"]  # the sequential layer pools a model's versions
+        cell = [*q, "kind", "true_class", "predicted_class"]
+        self.seq_caught_up = gauge(
+            "confusion_sequential_caught_up",
+            "1 once the sequential layer has replayed its history up to now; 0 while it replays "
+            "(it publishes no detector then)." + CACHED,
+            labels=["monitor"],
+        )
+        self.seq_period_end = gauge(
+            "confusion_sequential_period_end_timestamp_seconds",
+            "End of the last period of label arrivals the sequential layer has read." + CACHED,
+            labels=["monitor"],
+        )
+        self.seq_threshold = gauge(
+            "confusion_sequential_threshold",
+            "Evidence (nats) at which a cell pages: ln(periods per 30 days x cells x segments x "
+            "alternatives / false_alarms_per_30_days)." + CACHED,
+            labels=q,
+        )
+        self.seq_state = gauge(
+            "confusion_sequential_state",
+            "State of the slice's sequential layer, one series per state, 1 for the current one: shift "
+            "(a cell's evidence reached the threshold; latched until accepted), accumulating (past half "
+            "of it: the reference is frozen), stable, insufficient_data." + CACHED,
+            labels=[*q, "state"],
+        )
+        self.seq_evidence = gauge(
+            "confusion_sequential_evidence",
+            "CUSUM statistic of the error rate (nats, the largest over its alternatives): evidence "
+            "that the rate rose by at least the smallest change worth a page." + CACHED,
+            labels=cell,
+        )
+        self.seq_shifted = gauge(
+            "confusion_sequential_shifted",
+            "1 while the cell's alarm is latched (until the new regime is accepted)." + CACHED,
+            labels=cell,
+        )
+        self.seq_rate = gauge(
+            "confusion_sequential_error_rate",
+            "The error rate over the current run of evidence (the last period when there is none): "
+            "the reference's and the observed." + CACHED,
+            labels=[*cell, "window"],
+        )
+        self.seq_trials = gauge(
+            "confusion_sequential_trials",
+            "Labeled predictions behind each rate (the reference's effective size)." + CACHED,
+            labels=[*cell, "window"],
+        )
+        self.seq_change = gauge(
+            "confusion_sequential_relative_change_ratio",
+            "Relative change of the error rate against its reference (0.15 is +15%), with its 95% "
+            "interval (bound lower and upper)." + CACHED,
+            labels=[*cell, "bound"],
+        )
         self.evaluated = gauge(
             "confusion_monitor_evaluation_timestamp_seconds",
             "The instant the monitor's windows were last computed for.",
@@ -409,6 +466,27 @@ class _Families:
             self.row_effect.add_metric(labels, row.effect_size)
         for cell in report.cells:
             self.cell_residual.add_metric([*values, cell.true_class, cell.predicted_class], cell.residual)
+
+    def add_sequential(self, monitor: str, result: SequentialResult) -> None:
+        self.seq_caught_up.add_metric([monitor], int(result.caught_up))
+        if result.period_end is not None:
+            self.seq_period_end.add_metric([monitor], result.period_end.timestamp())
+        for piece in result.slices:
+            base = [monitor, piece.model, piece.segment]
+            self.seq_threshold.add_metric(base, piece.threshold)
+            for state in seq.STATES:
+                self.seq_state.add_metric([*base, state], int(state == piece.state))
+            for cell in piece.cells:
+                labels = [*base, cell.kind, cell.true_class, cell.predicted_class]
+                self.seq_evidence.add_metric(labels, cell.evidence)
+                self.seq_shifted.add_metric(labels, int(cell.state == seq.SHIFT))
+                self.seq_rate.add_metric([*labels, REFERENCE], cell.reference_rate)
+                self.seq_rate.add_metric([*labels, CURRENT], cell.current_rate)
+                self.seq_trials.add_metric([*labels, REFERENCE], cell.reference_trials)
+                self.seq_trials.add_metric([*labels, CURRENT], cell.current_trials)
+                self.seq_change.add_metric([*labels, "estimate"], cell.relative_change)
+                self.seq_change.add_metric([*labels, "lower"], cell.relative_change_low)
+                self.seq_change.add_metric([*labels, "upper"], cell.relative_change_high)
 
     def all(self) -> Iterator[Metric]:
         yield from (value for value in vars(self).values() if isinstance(value, Metric))

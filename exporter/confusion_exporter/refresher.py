@@ -24,6 +24,7 @@ from .config import Config, DatabaseUrl, MonitorConfig
 from .evaluate import ScoreCache, evaluate_monitor
 from .exposition import HealthCollector, HealthState, SnapshotCollector, render
 from .folding import CatchUp, SourceFolder
+from .sequential_tracker import SequentialTracker
 from .snapshot import MonitorResult, Snapshot
 from .source.database import reader_engine, redact_error, timeout_hint
 from .source.rollup import FoldResult
@@ -38,6 +39,9 @@ T = TypeVar("T")
 # The fold before the monitors: enough for the usual change, bounded for a backlog (the
 # catch-up thread folds the rest while the monitors read the source table).
 FOLD_BEFORE_REFRESH_SECONDS = 2.0
+# The most one refresh of a monitor spends replaying its sequential layer (at start, from the
+# origin); the rest continues at the next refresh. Caught up, a refresh reads a few periods.
+SEQUENTIAL_BUDGET = timedelta(seconds=10)
 
 
 def utc_now() -> datetime:
@@ -124,6 +128,8 @@ class Refresher:
         self.health = HealthState(monitors=names)
         self._results: dict[str, MonitorResult] = {}
         self._scores = ScoreCache(settings.score_refresh_interval)
+        # One per monitor, each used by one refresh at a time (a monitor never runs twice at once).
+        self._trackers: dict[str, SequentialTracker] = {}
         self._consecutive_failures = dict.fromkeys(names, 0)
         self._next_due = dict.fromkeys(names, 0.0)
         self._stop = threading.Event()
@@ -194,6 +200,8 @@ class Refresher:
                         use_rollup=monitor.source not in behind,
                         score_cache=None if self.historical else self._scores,
                         historical=self.historical,
+                        tracker=self._tracker(monitor),
+                        sequential_budget=None if self.historical else SEQUENTIAL_BUDGET,
                     )
         except Exception as error:  # any failure of one monitor must not stop the others
             self._consecutive_failures[name] += 1
@@ -224,6 +232,16 @@ class Refresher:
             self.health.last_error.pop(name, None)
             self.health.database_up = 1
         return True
+
+    def _tracker(self, monitor: MonitorConfig) -> SequentialTracker:
+        """The monitor's sequential layer, kept across refreshes (a new one replays from its origin)."""
+        tracker = self._trackers.get(monitor.monitor_name)
+        if tracker is None:
+            tracker = SequentialTracker(
+                monitor, self.config.source(monitor.source), self.config.exporter.future_tolerance
+            )
+            self._trackers[monitor.monitor_name] = tracker
+        return tracker
 
     def _fold_rollups(self, sources: set[str]) -> tuple[dict[str, str], set[str]]:
         """Fold every due rollup source for a bounded time; return the errors of those that failed

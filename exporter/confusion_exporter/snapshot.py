@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .matrices import SliceKey, WindowCounts
+from .stats import sequential as seq
 from .stats.calibration import ConfidenceSummary
 from .stats.classification import ClassificationMetrics
 from .stats.shift import ShiftReport
@@ -41,6 +42,37 @@ class SliceResult:
 
 
 @dataclass(frozen=True)
+class SequentialSlice:
+    """One detector's reading, as metrics, the landing page and the reports show it."""
+
+    model: str
+    segment: str
+    state: str
+    threshold: float
+    classes: tuple[str, ...]
+    cells: tuple[seq.CellReport, ...]
+
+    @property
+    def top(self) -> seq.CellReport | None:
+        return seq.top_cell(self.cells)
+
+    @property
+    def shifted(self) -> tuple[seq.CellReport, ...]:
+        return tuple(c for c in self.cells if c.state == seq.SHIFT)
+
+
+@dataclass(frozen=True)
+class SequentialResult:
+    """The layer of one monitor at an instant. ``caught_up`` False: still replaying history,
+    ``slices`` empty (nothing is published halfway)."""
+
+    origin: datetime | None
+    period_end: datetime | None  # end of the last period read
+    caught_up: bool
+    slices: tuple[SequentialSlice, ...] = ()
+
+
+@dataclass(frozen=True)
 class MonitorResult:
     """Everything one monitor computed as of ``evaluated_at``."""
 
@@ -55,6 +87,7 @@ class MonitorResult:
     windows: tuple[Window, ...]
     slices: tuple[SliceResult, ...]
     reference_version: str | None = None  # the compared-with version of a version reference
+    sequential: SequentialResult | None = None  # None: the layer is off for this monitor
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,7 @@ def cells_of(k: int, params: SequentialParameters) -> tuple[Cell, ...]:
 def threshold(n_cells: int, params: SequentialParameters) -> float:
     """h such that the monitor's false alarms stay within budget (Ville + Bonferroni)."""
     periods = MINUTES_PER_30_DAYS / params.period_minutes
-    tests = n_cells * params.segments * len(params.alternatives)
+    tests = max(n_cells, 1) * params.segments * len(params.alternatives)
     return math.log(periods * tests / params.false_alarms_per_30_days)
 
 
@@ -206,6 +206,10 @@ class DetectorState:
     ref_n: Counts
     ref_hour: Counts
     ref_head: Counts  # (cells,) index of the newest bin
+    # The ring summed per hour of day, kept as bins enter and leave it (a reference is then
+    # 24 sums per cell, not a pass over the whole ring every period: 7x faster at K = 10).
+    hod_x: Floats  # (cells, 24)
+    hod_n: Counts
     periods: int = 0
     last_hour: int = -1
 
@@ -237,17 +241,9 @@ def initial_state(classes: Sequence[str], params: SequentialParameters | None = 
         ref_n=np.zeros((c, r), np.int64),
         ref_hour=np.full((c, r), -1, np.int64),
         ref_head=np.zeros(c, np.int64),
+        hod_x=np.zeros((c, HOURS_PER_DAY)),
+        hod_n=np.zeros((c, HOURS_PER_DAY), np.int64),
     )
-
-
-def _in_band(hours: Counts, hour: int, params: SequentialParameters) -> NDArray[np.bool_]:
-    """Which ring bins serve as reference for a period in ``hour`` (all, or the same hours of day)."""
-    filled = hours >= 0
-    if not params.seasonal:
-        return filled
-    distance = np.abs((hours % HOURS_PER_DAY) - (hour % HOURS_PER_DAY))
-    distance = np.minimum(distance, HOURS_PER_DAY - distance)  # 23:00 is next to 00:00
-    return filled & (distance <= params.seasonal_band)
 
 
 @dataclass(frozen=True)
@@ -264,25 +260,31 @@ class ReferenceCounts:
 
 
 def reference_counts(state: DetectorState, hour: int) -> ReferenceCounts:
-    filled = state.ref_hour >= 0
-    x_all = (state.ref_x * filled).sum(axis=1)
-    n_all = (state.ref_n * filled).sum(axis=1)
+    x_hod, n_hod = state.hod_x, state.hod_n
+    x_all, n_all = x_hod.sum(axis=1), n_hod.sum(axis=1)
     c = len(state.cells)
     if not state.params.seasonal:
         return ReferenceCounts(x_all, n_all, x_all, n_all, np.zeros(c))
-    band = _in_band(state.ref_hour, hour, state.params)
-    # Per cell and hour of day: one bincount over (cell, hour of day).
-    slot = np.arange(c)[:, None] * HOURS_PER_DAY + state.ref_hour % HOURS_PER_DAY
-    x_hod = np.bincount(slot.ravel(), (state.ref_x * filled).ravel(), c * HOURS_PER_DAY).reshape(c, -1)
-    n_hod = np.bincount(slot.ravel(), (state.ref_n * filled).ravel(), c * HOURS_PER_DAY).reshape(c, -1)
+    distance = np.abs(np.arange(HOURS_PER_DAY) - hour % HOURS_PER_DAY)
+    band = (
+        np.minimum(distance, HOURS_PER_DAY - distance) <= state.params.seasonal_band
+    )  # 23:00 is next to 00:00
     overall = ((x_all + 0.5) / (n_all + 1.0))[:, None]
     expected = n_hod * overall
     excess = ((x_hod - expected) ** 2).sum(axis=1) - (expected * (1 - overall)).sum(axis=1)
     scale = (expected**2).sum(axis=1)
     cycle = np.clip(excess / np.maximum(scale, 1e-300), 0.0, 1.0)
-    return ReferenceCounts(
-        (state.ref_x * band).sum(axis=1), (state.ref_n * band).sum(axis=1), x_all, n_all, cycle
-    )
+    return ReferenceCounts(x_hod[:, band].sum(axis=1), n_hod[:, band].sum(axis=1), x_all, n_all, cycle)
+
+
+def hour_of_day_sums(ref_x: Floats, ref_n: Counts, ref_hour: Counts) -> tuple[Floats, Counts]:
+    """The ring's successes and trials per cell and hour of day (empty bins left out)."""
+    c = ref_x.shape[0]
+    filled = ref_hour >= 0
+    slot = (np.arange(c)[:, None] * HOURS_PER_DAY + ref_hour % HOURS_PER_DAY)[filled]
+    x = np.bincount(slot, ref_x[filled], c * HOURS_PER_DAY).astype(np.float64).reshape(c, HOURS_PER_DAY)
+    n = np.bincount(slot, ref_n[filled], c * HOURS_PER_DAY).reshape(c, HOURS_PER_DAY)
+    return x, np.rint(n).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -382,7 +384,7 @@ def update(state: DetectorState, counts: Counts, hour: int) -> DetectorState:
     # whose evidence is building (or in alarm) may be seeing the change: absorbing it would
     # pull the reference towards the new regime and erase the very evidence being accumulated.
     absorb = ~shifted & (strongest < p.accumulating_share * state.threshold)
-    ref_x, ref_n, ref_hour, ref_head = _absorb(state, absorb, x, n, hour)
+    ref_x, ref_n, ref_hour, ref_head, hod_x, hod_n = _absorb(state, absorb, x, n, hour)
     out = replace(
         state,
         evidence=evidence,
@@ -402,6 +404,8 @@ def update(state: DetectorState, counts: Counts, hour: int) -> DetectorState:
         ref_n=ref_n,
         ref_hour=ref_hour,
         ref_head=ref_head,
+        hod_x=hod_x,
+        hod_n=hod_n,
         periods=state.periods + 1,
         last_hour=hour,
     )
@@ -414,21 +418,33 @@ def update(state: DetectorState, counts: Counts, hour: int) -> DetectorState:
 
 def _absorb(
     state: DetectorState, absorb: NDArray[np.bool_], x: Counts, n: Counts, hour: int
-) -> tuple[Floats, Counts, Counts, Counts]:
+) -> tuple[Floats, Counts, Counts, Counts, Floats, Counts]:
     """Add the period to the newest bin of each absorbing cell, or start a new bin (overwriting
-    the oldest) when the newest bin is of another hour."""
+    the oldest) when the newest bin is of another hour; the hour-of-day sums follow."""
     rows = np.arange(len(state.cells))
     head = state.ref_head.copy()
     newest_hour = state.ref_hour[rows, head]
     new_bin = absorb & (newest_hour != hour)
     head[new_bin] = (head[new_bin] + 1) % state.params.reference_hours
     ref_x, ref_n, ref_hour = state.ref_x.copy(), state.ref_n.copy(), state.ref_hour.copy()
-    ref_x[rows[new_bin], head[new_bin]] = 0
-    ref_n[rows[new_bin], head[new_bin]] = 0
-    ref_hour[rows[new_bin], head[new_bin]] = hour
+    hod_x, hod_n = state.hod_x.copy(), state.hod_n.copy()
+    evicted = rows[new_bin]
+    old_hour = ref_hour[evicted, head[new_bin]]
+    leaving = old_hour >= 0
+    hod_x[evicted[leaving], old_hour[leaving] % HOURS_PER_DAY] -= ref_x[
+        evicted[leaving], head[new_bin][leaving]
+    ]
+    hod_n[evicted[leaving], old_hour[leaving] % HOURS_PER_DAY] -= ref_n[
+        evicted[leaving], head[new_bin][leaving]
+    ]
+    ref_x[evicted, head[new_bin]] = 0
+    ref_n[evicted, head[new_bin]] = 0
+    ref_hour[evicted, head[new_bin]] = hour
     ref_x[rows[absorb], head[absorb]] += x[absorb]
     ref_n[rows[absorb], head[absorb]] += n[absorb]
-    return ref_x, ref_n, ref_hour, head
+    hod_x[rows[absorb], hour % HOURS_PER_DAY] += x[absorb]
+    hod_n[rows[absorb], hour % HOURS_PER_DAY] += n[absorb]
+    return ref_x, ref_n, ref_hour, head, hod_x, hod_n
 
 
 def accept(state: DetectorState, cells: NDArray[np.bool_] | None = None) -> DetectorState:
@@ -448,6 +464,7 @@ def accept(state: DetectorState, cells: NDArray[np.bool_] | None = None) -> Dete
     ratio = np.where(state.run_expected > 0, state.run_x / np.maximum(state.run_expected, 1e-300), 1.0)
     ref_x = np.where(chosen[:, None], state.ref_x * ratio[:, None], state.ref_x)
     ref_x = np.minimum(ref_x, state.ref_n)  # a rate stays a rate
+    hod_x, hod_n = hour_of_day_sums(ref_x, state.ref_n, state.ref_hour)
     zero_i, zero_f = np.zeros_like(state.run_x), np.zeros_like(state.run_expected)
     return replace(
         state,
@@ -460,7 +477,51 @@ def accept(state: DetectorState, cells: NDArray[np.bool_] | None = None) -> Dete
         run_reference_x=np.where(chosen, zero_f, state.run_reference_x),
         run_reference_n=np.where(chosen, zero_f, state.run_reference_n),
         ref_x=ref_x,
+        hod_x=hod_x,
+        hod_n=hod_n,
     )
+
+
+def _cell_names(state: DetectorState) -> list[tuple[str, str, str]]:
+    return [
+        (
+            c.kind,
+            state.classes[c.true_class],
+            state.classes[c.predicted_class] if c.predicted_class >= 0 else "",
+        )
+        for c in state.cells
+    ]
+
+
+def extend_classes(state: DetectorState, classes: Sequence[str]) -> DetectorState:
+    """The state over a larger class set: ``classes`` starts with the state's classes, in
+    order. A cell that existed keeps everything it holds; a new cell starts with an empty
+    reference (``insufficient_data`` until it fills). The threshold follows the number of
+    cells, so the monitor's false-alarm budget holds as classes appear."""
+    classes = tuple(classes)
+    if classes == state.classes:
+        return state
+    if classes[: len(state.classes)] != state.classes:
+        raise ValueError("new classes must extend the state's classes, in order")
+    grown = initial_state(classes, state.params)
+    old = {name: c for c, name in enumerate(_cell_names(state))}
+    mapping = [(new, old[name]) for new, name in enumerate(_cell_names(grown)) if name in old]
+    arrays: dict[str, Any] = {}
+    for name in _ARRAYS:
+        target = getattr(grown, name).copy()
+        source = getattr(state, name)
+        for new, previous in mapping:
+            target[new] = source[previous]
+        arrays[name] = target
+    return replace(grown, **arrays, periods=state.periods, last_hour=state.last_hour)
+
+
+def with_segments(state: DetectorState, segments: int) -> DetectorState:
+    """The state with the monitor's number of segments (slices) in its threshold's Bonferroni."""
+    if segments == state.params.segments:
+        return state
+    params = replace(state.params, segments=segments)
+    return replace(state, params=params, threshold=threshold(len(state.cells), params))
 
 
 def cell_states(state: DetectorState) -> tuple[str, ...]:
@@ -608,6 +669,8 @@ _ARRAYS = (
     "ref_n",
     "ref_hour",
     "ref_head",
+    "hod_x",
+    "hod_n",
 )
 
 

@@ -1,0 +1,111 @@
+"""Label arrivals per period: what the sequential layer reads.
+
+The detector (stats/sequential.py) takes, every period, the K x K matrix of the predictions
+whose label *arrived* in that period. Keyed by arrival, a period's counts never change once it
+has passed (labels are appended, not rewritten), so the detector's state at an instant is a
+function of the data as it stood then: a restart, ``snapshot --at`` and ``backfill`` replay
+the same periods and reach the same state as the live exporter, bit for bit.
+
+A source without ``labeled_at`` has no arrival times: its rows are placed by ``predicted_at``
+(labels taken to arrive with their predictions), which is exact only if they do. A label
+rewritten in place (a correction that overwrites ``actual`` and ``labeled_at``) moves to the
+correction's period: the live exporter counted it at its first arrival too. Both are in
+docs/statistics.md ("What is approximate").
+
+Rows are filtered by the same rejection expression as the window counts (rejections.py), so
+a row the matrices reject never reaches the detector; identifiers are quoted by SQLAlchemy
+and every value is bound.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..config import MonitorConfig, SourceConfig
+from .counts import ALL, source_table
+from .rejections import RowFields, rejection_reason
+
+ARRIVAL_COLUMNS = ["period", "model", "segment", "predicted", "actual", "n"]
+
+
+def arrival_time(source: SourceConfig) -> str:
+    """The column that dates a label's arrival."""
+    return source.columns.labeled_at or source.columns.predicted_at
+
+
+def arrivals_query(
+    source: SourceConfig,
+    monitor: MonitorConfig,
+    start: datetime,
+    end: datetime,
+    period: timedelta,
+    future_tolerance: timedelta,
+) -> sa.Select[tuple[object, ...]]:
+    """Counts of good labeled rows per (arrival period, model, segment, predicted, actual)
+    for arrivals in ``[start, end)``; ``period`` numbers periods from the epoch."""
+    table = source_table(source)
+    cols = source.columns
+
+    def text(name: str | None) -> sa.ColumnElement[str]:
+        if name is None:
+            return sa.literal(ALL, sa.Text)
+        return sa.cast(table.c[name], sa.Text)
+
+    arrived_at = table.c[arrival_time(source)]
+    predicted_at = table.c[cols.predicted_at]
+    labeled_at = table.c[cols.labeled_at] if cols.labeled_at is not None else None
+    model, predicted, actual = text(cols.model), text(cols.predicted), text(cols.actual)
+    row = RowFields(model, predicted_at, predicted, actual, labeled_at)
+    seconds = int(period.total_seconds())
+    period_number = sa.cast(
+        sa.func.floor(sa.extract("epoch", sa.cast(arrived_at, sa.DateTime(timezone=True))) / seconds),
+        sa.BigInteger,
+    )
+    filters: list[sa.ColumnElement[bool]] = [
+        # A range on the arrival column: an index on it serves the query; 'infinity' and NULL
+        # fall outside any range.
+        arrived_at >= sa.bindparam("arrivals_start", start),
+        arrived_at < sa.bindparam("arrivals_end", end),
+        table.c[cols.actual].is_not(None),
+        rejection_reason(row, future_tolerance).is_(None),
+    ]
+    if monitor.model != "*":
+        filters.append(table.c[cols.model] == sa.bindparam("model", monitor.model))
+    grouped: list[sa.ColumnElement[Any]] = [
+        period_number.label("period"),
+        model.label("model"),
+        text(cols.segment).label("segment"),
+        predicted.label("predicted"),
+        actual.label("actual"),
+    ]
+    return (
+        sa.select(*grouped, sa.func.count().label("n"))
+        .select_from(table)
+        .where(*filters)
+        .group_by(*(sa.literal_column(str(i)) for i in range(1, len(grouped) + 1)))
+        .order_by(sa.literal_column("1"))
+    )
+
+
+def fetch_arrivals(connection: Connection, query: sa.Select[Any]) -> pd.DataFrame:
+    frame = pd.DataFrame(connection.execute(query).fetchall(), columns=ARRIVAL_COLUMNS)
+    frame["period"] = frame["period"].astype("int64")
+    frame["n"] = frame["n"].astype("int64")
+    return frame
+
+
+def first_arrival_query(source: SourceConfig, monitor: MonitorConfig) -> sa.Select[tuple[Any]]:
+    """The first prediction time of the monitor's rows (the default replay origin). On
+    ``predicted_at``, which the window queries already need indexed."""
+    table = source_table(source)
+    cols = source.columns
+    predicted_at = table.c[cols.predicted_at]
+    query = sa.select(sa.func.min(predicted_at)).where(sa.func.isfinite(predicted_at))
+    if monitor.model != "*":
+        query = query.where(table.c[cols.model] == sa.bindparam("model", monitor.model))
+    return query
