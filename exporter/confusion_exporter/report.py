@@ -19,8 +19,9 @@ import numpy as np
 from .config import Config, ConfigError, MonitorConfig, Reference
 from .matrices import NULL, WindowCounts, align
 from .printable import printable
-from .snapshot import MonitorResult, SliceResult, WindowResult
+from .snapshot import MonitorResult, SequentialResult, SliceResult, WindowResult
 from .source.counts import ALL
+from .stats import sequential
 from .stats.calibration import ConfidenceSummary
 from .stats.classification import classification_metrics
 from .stats.shift import SHIFT, ShiftReport
@@ -283,6 +284,72 @@ def _slice(
     }
 
 
+SEQUENTIAL_CELLS = 10
+
+
+def sequential_section(result: SequentialResult | None) -> dict[str, Any] | None:
+    """The sequential layer per model and segment: its state and the cells nearest their
+    threshold (every latched one first), each in words."""
+    if result is None:
+        return None
+    slices = []
+    for piece in result.slices:
+        ranked = sorted(piece.cells, key=lambda c: (c.state != "shift", -(c.evidence / c.threshold)))
+        slices.append(
+            {
+                "model": piece.model,
+                "segment": piece.segment,
+                "state": piece.state,
+                "threshold": _num(piece.threshold),
+                "cells": [
+                    {
+                        "description": c.description,
+                        "kind": c.kind,
+                        "true_class": c.true_class,
+                        "predicted_class": c.predicted_class,
+                        "state": c.state,
+                        "reference_rate": _num(c.reference_rate),
+                        "current_rate": _num(c.current_rate),
+                        "relative_change": _num(c.relative_change),
+                        "relative_change_low": _num(c.relative_change_low),
+                        "relative_change_high": _num(c.relative_change_high),
+                        "evidence": _num(c.evidence),
+                        "current_trials": c.current_trials,
+                        "reference_trials": c.reference_trials,
+                        "sentence": sequential.sentence(c),
+                    }
+                    for c in ranked[:SEQUENTIAL_CELLS]
+                ],
+            }
+        )
+    return {
+        "caught_up": result.caught_up,
+        "origin": result.origin.isoformat() if result.origin else None,
+        "period_end": result.period_end.isoformat() if result.period_end else None,
+        "slices": slices,
+    }
+
+
+def sequential_lines(section: dict[str, Any] | None) -> list[str]:
+    """The text form of :func:`sequential_section`."""
+    if section is None:
+        return []
+    out = ["", "small persistent changes (sequential layer, versions pooled)"]
+    if not section["caught_up"]:
+        out.append(f"  still replaying label arrivals (read up to {section['period_end']})")
+        return out
+    if not section["slices"]:
+        out.append("  no labeled predictions yet")
+    for piece in section["slices"]:
+        where = slice_title({"model": piece["model"], "version": ALL, "segment": piece["segment"]})
+        out.append(f"  {where}: {piece['state']} (threshold {_f(piece['threshold'], '.1f')} nats)")
+        for c in piece["cells"][:5]:
+            low, high = c["relative_change_low"], c["relative_change_high"]
+            interval = "" if low is None or high is None else f" [{low:+.0%}, {high:+.0%}]"
+            out.append(f"    {c['state']:17} {c['sentence']}{interval}  evidence {_f(c['evidence'], '.1f')}")
+    return out
+
+
 def build_report(monitor: MonitorResult) -> dict[str, Any]:
     """The report of every slice of ``monitor`` (a version reference's own slices are the
     reference, not reported on)."""
@@ -311,6 +378,7 @@ def build_report(monitor: MonitorResult) -> dict[str, Any]:
         "alpha": alpha,
         "min_effect": float(monitor.thresholds["min_effect"]),
         "slices": slices,
+        "sequential": sequential_section(monitor.sequential),
     }
 
 
@@ -437,6 +505,7 @@ def to_text(report: dict[str, Any]) -> str:
                 f"at threshold {at['threshold']:g} for {pos}: TP {tp}, FP {fp} ({neg} flagged), "
                 f"FN {fn} ({pos} missed), TN {tn}"
             )
+    out += sequential_lines(report.get("sequential"))
     # Each entry is one line of ours; a newline or escape inside one came from a name in the
     # data or the config, and is written as an escape so it cannot forge a line or drive the
     # terminal.

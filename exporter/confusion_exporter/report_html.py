@@ -9,6 +9,7 @@ from html import escape
 from typing import Any
 
 from .report import COUNTS, OVERALL, _f, _pct, generated_at, headline, matrix_share, slice_title
+from .source.counts import ALL
 from .windows import CURRENT, REFERENCE
 
 STYLE = """
@@ -18,7 +19,7 @@ h3{font-size:15px;margin:18px 0 6px}.muted{color:#666}.headline{font-size:16px;f
 .headline.shift{color:#b00020}table{border-collapse:collapse;margin:6px 0 12px}
 td,th{border:1px solid #ddd;padding:3px 7px;text-align:right;font-variant-numeric:tabular-nums}
 th{background:#f5f5f7}td.name,th.name{text-align:left}.matrices{display:flex;gap:32px;flex-wrap:wrap}
-.state-shift{color:#b00020;font-weight:600}.state-stable{color:#1b7f3b}.state-insufficient_data{color:#8a6d00}
+.state-shift{color:#b00020;font-weight:600}.state-stable{color:#1b7f3b}.state-insufficient_data{color:#8a6d00}.state-accumulating{color:#b26a00}
 """
 
 
@@ -205,6 +206,36 @@ def _slice_html(report: dict[str, Any], entry: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _sequential_html(section: dict[str, Any] | None) -> str:
+    """The sequential layer: per model and segment, the cells nearest their threshold."""
+    if section is None:
+        return ""
+    parts = ['<section class="sequential"><h2>Small persistent changes (sequential layer)</h2>']
+    if not section["caught_up"]:
+        parts.append(
+            f"<p>Still replaying label arrivals (read up to {escape(str(section['period_end']))}).</p>"
+        )
+    for piece in section["slices"]:
+        where = slice_title({"model": piece["model"], "version": ALL, "segment": piece["segment"]})
+        rows = "".join(
+            f'<tr><td class="name">{escape(c["description"])}</td><td>{_pct(c["reference_rate"])}</td>'
+            f"<td>{_pct(c['current_rate'])}</td><td>{_pct(c['relative_change'])} "
+            f"[{_pct(c['relative_change_low'])}, {_pct(c['relative_change_high'])}]</td>"
+            f"<td>{_f(c['evidence'], '.1f')} / {_f(piece['threshold'], '.1f')}</td>"
+            f'<td class="name state-{escape(c["state"])}">{escape(c["state"])}</td></tr>'
+            for c in piece["cells"]
+        )
+        parts.append(
+            f'<h3>{escape(where)}: <span class="state-{escape(piece["state"])}">{escape(piece["state"])}'
+            '</span></h3><table><tr><th class="name">error rate</th><th>reference</th><th>current</th>'
+            '<th>change [95%]</th><th>evidence / threshold</th><th class="name">state</th></tr>'
+            + rows
+            + "</table>"
+        )
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def to_html(report: dict[str, Any]) -> str:
     w = report["windows"]
     spans = f"current {escape(w[CURRENT]['start'])} – {escape(w[CURRENT]['end'])}"
@@ -218,5 +249,6 @@ def to_html(report: dict[str, Any]) -> str:
         f"<h1>Error analysis: {escape(report['monitor'])}</h1>"
         f'<p class="muted">team {escape(report["team"])}; {spans}; generated for {generated_at(report)}</p>'
         + "".join(_slice_html(report, entry) for entry in report["slices"])
+        + _sequential_html(report.get("sequential"))
         + "</body></html>\n"
     )

@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -29,12 +29,21 @@ from .config import MonitorConfig, SourceConfig
 from .matrices import NULL, OTHER, class_order
 from .snapshot import SequentialResult, SequentialSlice
 from .source.accepts import AcceptEvent, read_accepts
-from .source.arrivals import arrivals_query, fetch_arrivals, first_arrival_query
+from .source.arrivals import fetch_arrivals, first_arrival_query, period_query
 from .stats import sequential as seq
 
 # Periods read per query: a day of 5-minute periods keeps each statement short.
 PERIODS_PER_QUERY = 288
 SliceId = tuple[str, str]  # (model, segment)
+
+
+def utc_day(value: date | datetime) -> datetime:
+    """The UTC day holding a column's value: a ``date`` column, a ``timestamp`` (read as UTC,
+    the session's zone) or a ``timestamptz``."""
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def _utc(seconds: float) -> datetime:
@@ -70,8 +79,7 @@ class SequentialTracker:
         first = connection.execute(first_arrival_query(self.source, self.monitor)).scalar()
         if first is None:
             return None
-        first = first.astimezone(UTC)
-        return first.replace(hour=0, minute=0, second=0, microsecond=0)
+        return utc_day(first)
 
     def advance(
         self, connection: Connection, now: datetime, budget: timedelta | None = None
@@ -104,7 +112,7 @@ class SequentialTracker:
 
     def _read(self, connection: Connection, first: int, end: int) -> None:
         start_at, end_at = _utc(first * self.period_seconds), _utc(end * self.period_seconds)
-        query = arrivals_query(
+        query = period_query(
             self.source,
             self.monitor,
             start_at,

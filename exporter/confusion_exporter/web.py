@@ -14,7 +14,8 @@ from . import __version__
 from .exposition import CONTENT_TYPE, render_client_errors, render_process
 from .httpserver import BufferedRequestHandler, EndpointServer
 from .refresher import Published
-from .snapshot import Snapshot, WindowResult
+from .snapshot import SequentialResult, Snapshot, WindowResult
+from .stats.sequential import sentence
 from .stats.shift import ShiftReport
 from .webconfig import BasicAuth, WebConfig, ssl_context
 
@@ -55,7 +56,39 @@ def _matrix_table(window: WindowResult) -> str:
     )
 
 
-_STATE_COLORS = {"shift": "#c62828", "stable": "#2e7d32", "insufficient_data": "#757575"}
+_STATE_COLORS = {
+    "shift": "#c62828",
+    "accumulating": "#b26a00",
+    "stable": "#2e7d32",
+    "insufficient_data": "#757575",
+}
+
+
+def _sequential_summary(result: SequentialResult) -> str:
+    """Per model and segment: the sequential layer's state and the cell nearest its threshold."""
+    if not result.caught_up:
+        when = f"{result.period_end:%Y-%m-%d %H:%M}" if result.period_end else "the origin"
+        return f"<p class=sequential>Sequential layer: replaying label arrivals (read up to {when} UTC).</p>"
+    items = []
+    for piece in result.slices:
+        top = piece.top
+        detail = ""
+        if top is not None:
+            detail = (
+                f" {html.escape(sentence(top))} <small>(evidence {top.evidence:.1f} of "
+                f"{piece.threshold:.1f})</small>"
+            )
+        items.append(
+            f'<li data-model="{html.escape(piece.model)}" data-segment="{html.escape(piece.segment)}">'
+            f"{html.escape(piece.model)} segment {html.escape(piece.segment)}: "
+            f'<span class=state data-state="{piece.state}" style="background:{_STATE_COLORS[piece.state]}">'
+            f"{html.escape(piece.state.replace('_', ' '))}</span>{detail}</li>"
+        )
+    return (
+        "<div class=sequential><b>Small persistent changes</b> (sequential layer)<ul>"
+        + "".join(items)
+        + "</ul></div>"
+    )
 
 
 def _shift_summary(report: ShiftReport) -> str:
@@ -117,6 +150,8 @@ def landing_page(snapshot: Snapshot | None) -> bytes:
                 f'<h2>{html.escape(monitor.name)} <small><a class=report href="{html.escape(link)}">'
                 "error analysis report</a></small></h2>"
             )
+            if monitor.sequential is not None:
+                parts.append(_sequential_summary(monitor.sequential))
             if not monitor.slices:
                 parts.append("<p>No predictions in the windows.</p>")
             for result in monitor.slices:

@@ -6,7 +6,11 @@ has passed (labels are appended, not rewritten), so the detector's state at an i
 function of the data as it stood then: a restart, ``snapshot --at`` and ``backfill`` replay
 the same periods and reach the same state as the live exporter, bit for bit.
 
-A source without ``labeled_at`` has no arrival times: its rows are placed by ``predicted_at``
+A source with ``rollup`` names the reference schema's append-only tables: there each prediction
+is counted once, at its *first* label's arrival, with that label (a correction is a later row
+and changes nothing already counted), which is exact whatever corrections come later
+(:func:`first_labels_query`). Otherwise the mapped table is read as it is now. A source
+without ``labeled_at`` has no arrival times: its rows are placed by ``predicted_at``
 (labels taken to arrive with their predictions), which is exact only if they do. A label
 rewritten in place (a correction that overwrites ``actual`` and ``labeled_at``) moves to the
 correction's period: the live exporter counted it at its first arrival too. Both are in
@@ -90,6 +94,74 @@ def arrivals_query(
         .group_by(*(sa.literal_column(str(i)) for i in range(1, len(grouped) + 1)))
         .order_by(sa.literal_column("1"))
     )
+
+
+def _qualified(name: str, columns: tuple[str, ...]) -> sa.TableClause:
+    schema, _, table = name.rpartition(".")
+    return sa.table(table, *(sa.column(c) for c in columns), schema=schema or None)
+
+
+def first_labels_query(
+    source: SourceConfig,
+    monitor: MonitorConfig,
+    start: datetime,
+    end: datetime,
+    period: timedelta,
+    future_tolerance: timedelta,
+) -> sa.Select[tuple[object, ...]]:
+    """Like :func:`arrivals_query`, over the reference schema's predictions and append-only
+    labels (a ``rollup`` source's tables): each prediction counted at its first label."""
+    assert source.rollup is not None
+    prediction_columns = ("id", "model_name", "segment", "predicted_at", "predicted_class")
+    label_columns = ("id", "prediction_id", "true_class", "labeled_at")
+    p = _qualified(source.rollup.predictions, prediction_columns).alias("p")
+    lab = _qualified(source.rollup.labels, label_columns).alias("l")
+    earlier = _qualified(source.rollup.labels, label_columns).alias("e")
+    model = sa.cast(p.c.model_name, sa.Text)
+    predicted, actual = sa.cast(p.c.predicted_class, sa.Text), sa.cast(lab.c.true_class, sa.Text)
+    row = RowFields(model, p.c.predicted_at, predicted, actual, lab.c.labeled_at)
+    seconds = int(period.total_seconds())
+    period_number = sa.cast(sa.func.floor(sa.extract("epoch", lab.c.labeled_at) / seconds), sa.BigInteger)
+    segment: sa.ColumnElement[Any] = (
+        sa.cast(p.c.segment, sa.Text) if source.columns.segment is not None else sa.literal(ALL, sa.Text)
+    )
+    first = ~sa.exists().where(earlier.c.prediction_id == lab.c.prediction_id, earlier.c.id < lab.c.id)
+    filters: list[sa.ColumnElement[bool]] = [
+        lab.c.labeled_at >= sa.bindparam("arrivals_start", start),
+        lab.c.labeled_at < sa.bindparam("arrivals_end", end),
+        lab.c.true_class.is_not(None),
+        first,
+        rejection_reason(row, future_tolerance).is_(None),
+    ]
+    if monitor.model != "*":
+        filters.append(p.c.model_name == sa.bindparam("model", monitor.model))
+    grouped: list[sa.ColumnElement[Any]] = [
+        period_number.label("period"),
+        model.label("model"),
+        segment.label("segment"),
+        predicted.label("predicted"),
+        actual.label("actual"),
+    ]
+    return (
+        sa.select(*grouped, sa.func.count().label("n"))
+        .select_from(lab.join(p, p.c.id == lab.c.prediction_id))
+        .where(*filters)
+        .group_by(*(sa.literal_column(str(i)) for i in range(1, len(grouped) + 1)))
+        .order_by(sa.literal_column("1"))
+    )
+
+
+def period_query(
+    source: SourceConfig,
+    monitor: MonitorConfig,
+    start: datetime,
+    end: datetime,
+    period: timedelta,
+    future_tolerance: timedelta,
+) -> sa.Select[tuple[object, ...]]:
+    """The arrivals of ``[start, end)`` from the best place the source offers."""
+    build = first_labels_query if source.rollup is not None else arrivals_query
+    return build(source, monitor, start, end, period, future_tolerance)
 
 
 def fetch_arrivals(connection: Connection, query: sa.Select[Any]) -> pd.DataFrame:
