@@ -286,3 +286,59 @@ def test_prometheus_config_passes_promtool(promtool):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
     assert "rules/*.yml" in yaml.safe_load(config.read_text())["rule_files"]
+
+
+def test_sequential_panels_name_cells_in_the_alerts_words_and_code_the_state(promtool, tmp_path):
+    """The Model detail's sequential queries, evaluated by promtool on the exporter's series
+    for the three kinds of cell: each gets the alert's words in ``cell``, the version
+    variable is not needed (the series have none), and the state stat reads 2 for a shift."""
+    dashboard = json.loads((ROOT / "grafana" / "dashboards" / "confusion-model-detail.json").read_text())
+    by_title = {p["title"]: p for p in panels(dashboard)}
+    table = by_title["Error rates: reference, current, relative change"]
+    rate = next(t["expr"] for t in table["targets"] if t["refId"] == "B")
+    state = by_title["Sequential state"]["targets"][0]["expr"]
+    values = {"monitor": "shop:intents", "model": "router", "segment": "us"}
+    assert "$version" not in rate + state
+
+    def fill(expr: str) -> str:
+        return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr)
+
+    base = 'job="confusion-exporter", instance="a:9745", monitor="shop:intents", model="router", segment="us"'
+    cells = {
+        'kind="confusion", true_class="legit", predicted_class="fraud"': "legit predicted as fraud",
+        'kind="error", true_class="billing"': "billing predicted as any other class",
+        'kind="false_discovery", true_class="billing", predicted_class="refund"': "predicted refund but truly billing",
+    }
+    series = [
+        {"series": f'confusion_sequential_error_rate{{{base}, {cell}, window="{w}"}}', "values": f"{v}x5"}
+        for cell in cells
+        for w, v in (("reference", "0.03"), ("current", "0.0345"))
+    ]
+    series += [
+        {"series": f'confusion_sequential_state{{{base}, state="{s}"}}', "values": "1x5" if s == "shift" else "0x5"}
+        for s in ("stable", "accumulating", "shift", "insufficient_data")
+    ]
+    expected = [
+        {
+            "labels": "{" + ", ".join([base.split(", ", 2)[2], cell, f'cell="{words}"']) + "}",
+            "value": 0.0345,
+        }
+        for cell, words in cells.items()
+    ]
+    case = {
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {"expr": fill(rate), "eval_time": "3m", "exp_samples": expected},
+                    {"expr": fill(state), "eval_time": "3m", "exp_samples": [{"labels": "{}", "value": 2}]},
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "sequential.test.yml"
+    path.write_text(yaml.safe_dump(case, width=1000))
+    run = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
