@@ -73,7 +73,9 @@ def _lookups(rule: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
         annotations = {k: re.sub(r" ?\{\{- \$cell := [^}]*\}\}", "", v) for k, v in annotations.items()}
     for key, text in annotations.items():
         if "| query" in text:
-            raise SystemExit(f"{rule['alert']}: annotation {key} has a `query` lookup generate.py cannot translate")
+            raise SystemExit(
+                f"{rule['alert']}: annotation {key} has a `query` lookup generate.py cannot translate"
+            )
     return annotations, exprs
 
 

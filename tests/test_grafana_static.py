@@ -289,14 +289,18 @@ def test_prometheus_config_passes_promtool(promtool):
 
 
 def test_sequential_panels_name_cells_in_the_alerts_words_and_code_the_state(promtool, tmp_path):
-    """The Model detail's sequential queries, evaluated by promtool on the exporter's series
-    for the three kinds of cell: each gets the alert's words in ``cell``, the version
-    variable is not needed (the series have none), and the state stat reads 2 for a shift."""
+    """The sequential panels' queries, evaluated by promtool on the exporter's series for the
+    three kinds of cell: each gets the alert's words in ``cell``, the version variable is not
+    needed (the series have none), and the state (Model detail's stat, the Overview's table)
+    reads 2 for a shift."""
     dashboard = json.loads((ROOT / "grafana" / "dashboards" / "confusion-model-detail.json").read_text())
     by_title = {p["title"]: p for p in panels(dashboard)}
     table = by_title["Error rates: reference, current, relative change"]
     rate = next(t["expr"] for t in table["targets"] if t["refId"] == "B")
     state = by_title["Sequential state"]["targets"][0]["expr"]
+    overview = json.loads((ROOT / "grafana" / "dashboards" / "confusion-overview.json").read_text())
+    per_slice = next(p for p in panels(overview) if p["title"].startswith("Sequential state per slice"))
+    slice_state = per_slice["targets"][0]["expr"]
     values = {"monitor": "shop:intents", "model": "router", "segment": "us"}
     assert "$version" not in rate + state
 
@@ -315,7 +319,10 @@ def test_sequential_panels_name_cells_in_the_alerts_words_and_code_the_state(pro
         for w, v in (("reference", "0.03"), ("current", "0.0345"))
     ]
     series += [
-        {"series": f'confusion_sequential_state{{{base}, state="{s}"}}', "values": "1x5" if s == "shift" else "0x5"}
+        {
+            "series": f'confusion_sequential_state{{{base}, state="{s}"}}',
+            "values": "1x5" if s == "shift" else "0x5",
+        }
         for s in ("stable", "accumulating", "shift", "insufficient_data")
     ]
     expected = [
@@ -334,6 +341,13 @@ def test_sequential_panels_name_cells_in_the_alerts_words_and_code_the_state(pro
                 "promql_expr_test": [
                     {"expr": fill(rate), "eval_time": "3m", "exp_samples": expected},
                     {"expr": fill(state), "eval_time": "3m", "exp_samples": [{"labels": "{}", "value": 2}]},
+                    {
+                        "expr": slice_state,
+                        "eval_time": "3m",
+                        "exp_samples": [
+                            {"labels": '{monitor="shop:intents", model="router", segment="us"}', "value": 2}
+                        ],
+                    },
                 ],
             }
         ],

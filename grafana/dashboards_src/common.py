@@ -214,3 +214,16 @@ def sequential_state_mappings() -> list[ValueMap]:
             }
         )
     ]
+
+
+def sequential_state_mapping_overrides() -> list[dict[str, object]]:
+    """:func:`sequential_state_mappings` as a field override's JSON (one column of a table)."""
+    return [
+        {
+            "type": "value",
+            "options": {
+                str(i): {"text": state.replace("_", " "), "color": color, "index": i}
+                for i, (state, color) in enumerate(SEQUENTIAL_STATES.items())
+            },
+        }
+    ]

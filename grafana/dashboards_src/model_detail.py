@@ -10,11 +10,11 @@ from .common import (
     SEQUENTIAL_SLICE,
     SLICE,
     bar_panel,
+    cell_in_words,
     colored,
     dashboard,
     dynamic,
     hide_fields,
-    cell_in_words,
     label_variable,
     log_scale,
     query,
@@ -132,7 +132,16 @@ def sequential_panels() -> list:  # type: ignore[type-arg]
                 "organize",
                 {
                     "excludeByName": {
-                        name: True for name in ("Time", "monitor", "model", "segment", "kind", "true_class", "predicted_class")
+                        name: True
+                        for name in (
+                            "Time",
+                            "monitor",
+                            "model",
+                            "segment",
+                            "kind",
+                            "true_class",
+                            "predicted_class",
+                        )
                     },
                     "indexByName": {"cell": 0, **{f"Value #{ref}": i + 1 for i, ref in enumerate(columns)}},
                     "renameByName": {f"Value #{ref}": title for ref, (title, _) in columns.items()},
@@ -430,8 +439,7 @@ def build() -> dash.Dashboard:
     for panel in sequential:
         board = board.with_panel(panel)
     return (
-        board
-        .with_row(dash.Row("Confusion matrices (rows: true class, columns: predicted class)"))
+        board.with_row(dash.Row("Confusion matrices (rows: true class, columns: predicted class)"))
         .with_panel(
             matrix_panel(
                 "Current window: counts",
