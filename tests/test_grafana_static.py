@@ -170,6 +170,10 @@ def test_grafana_rules_are_well_formed():
             if expression:
                 assert expression in refs
         assert rule.get("for"), rule["title"]
+        # A template may only read the values of the rule's own queries and expressions.
+        for text in rule["annotations"].values():
+            assert set(re.findall(r"\$values\.(\w+)", text)) <= set(refs), rule["title"]
+            assert "| query" not in text, rule["title"]  # Grafana has no `query` function
         # Labels are interpolated from the environment by Grafana: a '$' there would vanish.
         assert not any("$" in str(v) for v in rule["labels"].values()), rule["title"]
         assert {"severity", "team"} <= set(rule["labels"]) or "team" not in rule["labels"]
@@ -230,7 +234,9 @@ def all_promql() -> list[tuple[str, str]]:
                 assert match, query
                 exprs.append((f"{path.stem}: variable {variable['name']}", match.group(1)))
     for _, rule in grafana_rules():
-        exprs.append((f"grafana rule {rule['title']}", rule["data"][0]["model"]["expr"]))
+        for item in rule["data"]:
+            if item["datasourceUid"] != "__expr__":
+                exprs.append((f"grafana rule {rule['title']} ({item['refId']})", item["model"]["expr"]))
     return exprs
 
 
