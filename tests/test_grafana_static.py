@@ -362,3 +362,50 @@ def test_sequential_panels_name_cells_in_the_alerts_words_and_code_the_state(pro
     path.write_text(yaml.safe_dump(case, width=1000))
     run = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_rate_shift_value_is_the_estimate_when_positive_else_the_latch(promtool, tmp_path):
+    """ConfusionErrorRateShift's expression, as the rule file has it, evaluated by promtool:
+    the value is the relative change estimate while it is positive, 1 for a latched cell whose
+    estimate is missing or not positive (so the Grafana copy, value > 0, fires on the same
+    series), and nothing for a cell that is not latched."""
+    expr = next(r["expr"] for r in prometheus_alerts() if r["alert"] == "ConfusionErrorRateShift")
+    base = (
+        'job="confusion-exporter", instance="a:9745", monitor="m", model="f", segment="eu", kind="confusion"'
+    )
+    cells = {"a": ("1", "0.15", 0.15), "b": ("1", "-0.02", 1), "c": ("1", None, 1), "d": ("0", "0.4", None)}
+    series = [
+        {
+            "series": 'confusion_monitor_info{monitor="m", team="t", source="s", model_pattern="f"}',
+            "values": "1x5",
+        }
+    ]
+    expected = []
+    for true, (shifted, estimate, value) in cells.items():
+        cell = f'{base}, true_class="{true}", predicted_class="x"'
+        series.append({"series": f"confusion_sequential_shifted{{{cell}}}", "values": f"{shifted}x5"})
+        if estimate is not None:
+            series.append(
+                {
+                    "series": f'confusion_sequential_relative_change_ratio{{{cell}, bound="estimate"}}',
+                    "values": f"{estimate}x5",
+                }
+            )
+        if value is not None:
+            labels = f'{{monitor="m", model="f", segment="eu", kind="confusion", true_class="{true}", predicted_class="x", team="t"}}'
+            expected.append({"labels": labels, "value": value})
+    case = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [{"expr": expr, "eval_time": "3m", "exp_samples": expected}],
+            }
+        ],
+    }
+    path = tmp_path / "value.test.yml"
+    path.write_text(yaml.safe_dump(case, width=1000))
+    run = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
