@@ -409,3 +409,76 @@ def test_rate_shift_value_is_the_estimate_when_positive_else_the_latch(promtool,
     path.write_text(yaml.safe_dump(case, width=1000))
     run = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_every_sequential_panel_query_has_data_on_the_exporters_contract(promtool, tmp_path):
+    """What tests/test_grafana_live.py demands of every panel (data for the slice), here for the
+    sequential panels on the series the exporter's contract names, with the project's
+    recording rules loaded: ``absent(query)`` is empty exactly when the query has data."""
+    queries = []
+    for path in DASHBOARDS:
+        for panel in panels(json.loads(path.read_text())):
+            for target in panel.get("targets", []):
+                if "sequential" in target["expr"]:
+                    queries.append((f"{path.stem}: {panel['title']} ({target['refId']})", target["expr"]))
+    assert len(queries) >= 14, queries
+    values = {"monitor": "shop:fraud", "model": "fraud", "segment": "eu", "version": "v1"}
+
+    def fill(expr: str) -> str:
+        return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr)
+
+    base = 'job="confusion-exporter", instance="a:9745", monitor="shop:fraud", model="fraud", segment="eu"'
+    series = [
+        {
+            "series": 'confusion_monitor_info{monitor="shop:fraud", team="t", source="s", model_pattern="f"}',
+            "values": "1x9",
+        },
+        {"series": f"confusion_sequential_threshold{{{base}}}", "values": "10.86x9"},
+        {
+            "series": 'confusion_sequential_period_end_timestamp_seconds{monitor="shop:fraud"}',
+            "values": "0x9",
+        },
+    ]
+    series += [
+        {"series": f'confusion_sequential_state{{{base}, state="{s}"}}', "values": f"{int(s == 'stable')}x9"}
+        for s in ("stable", "accumulating", "shift", "insufficient_data")
+    ]
+    for true, predicted in (("legit", "fraud"), ("fraud", "legit")):
+        cell = f'{base}, kind="confusion", true_class="{true}", predicted_class="{predicted}"'
+        series += [
+            {"series": f"confusion_sequential_evidence{{{cell}}}", "values": "1.5x9"},
+            {"series": f"confusion_sequential_shifted{{{cell}}}", "values": "0x9"},
+        ]
+        for window in ("reference", "current"):
+            series += [
+                {
+                    "series": f'confusion_sequential_error_rate{{{cell}, window="{window}"}}',
+                    "values": "0.03x9",
+                },
+                {"series": f'confusion_sequential_trials{{{cell}, window="{window}"}}', "values": "3000x9"},
+            ]
+        series += [
+            {
+                "series": f'confusion_sequential_relative_change_ratio{{{cell}, bound="{b}"}}',
+                "values": "0.01x9",
+            }
+            for b in ("estimate", "lower", "upper")
+        ]
+    case = {
+        "rule_files": [str(p) for p in RULE_FILES],
+        "evaluation_interval": "30s",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {"expr": f"absent({fill(expr)})", "eval_time": "5m", "exp_samples": []}
+                    for _, expr in queries
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "contract.test.yml"
+    path.write_text(yaml.safe_dump(case, width=1000))
+    run = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
