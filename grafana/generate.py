@@ -9,6 +9,12 @@
   the same ``for``, labels and annotations. Every Prometheus alert expression here returns a
   positive value when it fires, so both fire on exactly the same series. In annotations,
   ``$value`` becomes ``$values.B.Value`` (Grafana's ``$value`` is a description string).
+  Grafana's templates cannot run ``query``: each lookup of the form
+  ``{{ with printf `max(100 * METRIC{%s, MATCHERS})` $cell | query }}{{ . | first | value |
+  printf FMT }}{{ else }}?{{ end }}`` (the sequential page's rates and interval) becomes an
+  instant query of the rule, ``Qn``: the same series by the alert's labels, reduced to
+  ``Vn``, and the template prints ``$values.Vn.Value`` (Grafana captures an expression's
+  value into ``$values`` for the alert instance with the same labels).
 - ``grafana/dashboards/*.json`` from ``grafana/dashboards_src`` (grafana-foundation-sdk).
 """
 
@@ -42,6 +48,68 @@ def _grafana_template(text: str) -> str:
     return re.sub(r"\$value\b", "$values.B.Value", text)
 
 
+# One `query` lookup of an annotation (see the module docstring): metric, matchers, format.
+_LOOKUP = re.compile(
+    r"\{\{ with printf `max\(100 \* (?P<metric>\w+)\{%s, (?P<matchers>[^}]*)\}\)` \$cell \| query \}\}"
+    r"\{\{ \. \| first \| value \| printf (?P<format>\"[^\"]*\") \}\}\{\{ else \}\}\?\{\{ end \}\}"
+)
+# The labels of the one alert that uses lookups (ConfusionErrorRateShift): a cell and its team.
+_CELL = "monitor, model, segment, kind, true_class, predicted_class"
+
+
+def _lookups(rule: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Annotations with each `query` lookup replaced by ``$values.Vn.Value``, and the lookups' PromQL."""
+    exprs: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        exprs.append(
+            f"100 * max by ({_CELL}) ({match['metric']}{{{match['matchers']}}})\n"
+            "* on (monitor) group_left (team)\n  max by (monitor, team) (confusion_monitor_info)"
+        )
+        return f"{{{{ printf {match['format']} $values.V{len(exprs)}.Value }}}}"
+
+    annotations = {k: _LOOKUP.sub(replace, v) for k, v in rule.get("annotations", {}).items()}
+    if exprs:  # the lookups' label selector is not needed any more
+        annotations = {k: re.sub(r" ?\{\{- \$cell := [^}]*\}\}", "", v) for k, v in annotations.items()}
+    for key, text in annotations.items():
+        if "| query" in text:
+            raise SystemExit(
+                f"{rule['alert']}: annotation {key} has a `query` lookup generate.py cannot translate"
+            )
+    return annotations, exprs
+
+
+def _instant(ref: str, expr: str, lookback: int) -> dict[str, Any]:
+    return {
+        "refId": ref,
+        "relativeTimeRange": {"from": lookback, "to": 0},
+        "datasourceUid": DATASOURCE_UID,
+        "model": {
+            "refId": ref,
+            "datasource": {"type": "prometheus", "uid": DATASOURCE_UID},
+            "expr": expr,
+            "instant": True,
+            "range": False,
+            "intervalMs": 1000,
+            "maxDataPoints": 43200,
+        },
+    }
+
+
+def _reduce(ref: str, source: str) -> dict[str, Any]:
+    return {
+        "refId": ref,
+        "datasourceUid": "__expr__",
+        "model": {
+            "refId": ref,
+            "datasource": {"type": "__expr__", "uid": "__expr__"},
+            "type": "reduce",
+            "expression": source,
+            "reducer": "last",
+        },
+    }
+
+
 def _uid(alert: str) -> str:
     # Stable, <= 40 characters, from the alert name.
     return ("confusion-" + re.sub(r"(?<!^)(?=[A-Z])", "-", alert.removeprefix("Confusion")).lower())[:40]
@@ -50,36 +118,17 @@ def _uid(alert: str) -> str:
 def grafana_rule(rule: dict[str, Any], interval: str) -> dict[str, Any]:
     """One Prometheus alerting rule as a Grafana-managed rule."""
     lookback = max(600, 2 * _duration_seconds(interval))
+    annotations, lookups = _lookups(rule)
+    extra = []
+    for n, expr in enumerate(lookups, 1):
+        extra += [_instant(f"Q{n}", expr, lookback), _reduce(f"V{n}", f"Q{n}")]
     return {
         "uid": _uid(rule["alert"]),
         "title": rule["alert"],
         "condition": "C",
         "data": [
-            {
-                "refId": "A",
-                "relativeTimeRange": {"from": lookback, "to": 0},
-                "datasourceUid": DATASOURCE_UID,
-                "model": {
-                    "refId": "A",
-                    "datasource": {"type": "prometheus", "uid": DATASOURCE_UID},
-                    "expr": rule["expr"].strip(),
-                    "instant": True,
-                    "range": False,
-                    "intervalMs": 1000,
-                    "maxDataPoints": 43200,
-                },
-            },
-            {
-                "refId": "B",
-                "datasourceUid": "__expr__",
-                "model": {
-                    "refId": "B",
-                    "datasource": {"type": "__expr__", "uid": "__expr__"},
-                    "type": "reduce",
-                    "expression": "A",
-                    "reducer": "last",
-                },
-            },
+            _instant("A", rule["expr"].strip(), lookback),
+            _reduce("B", "A"),
             {
                 "refId": "C",
                 "datasourceUid": "__expr__",
@@ -91,6 +140,7 @@ def grafana_rule(rule: dict[str, Any], interval: str) -> dict[str, Any]:
                     "conditions": [{"evaluator": {"type": "gt", "params": [0]}}],
                 },
             },
+            *extra,
         ],
         # A PromQL alert expression returns nothing while all is well: no data is OK.
         "noDataState": "OK",
@@ -101,7 +151,7 @@ def grafana_rule(rule: dict[str, Any], interval: str) -> dict[str, Any]:
         # shift page resolves as soon as the decision clears; Prometheus's does not).
         **({"keepFiringFor": rule["keep_firing_for"]} if "keep_firing_for" in rule else {}),
         "labels": dict(rule.get("labels", {})),
-        "annotations": {k: _grafana_template(v) for k, v in rule.get("annotations", {}).items()},
+        "annotations": {k: _grafana_template(v) for k, v in annotations.items()},
         "isPaused": False,
     }
 

@@ -170,6 +170,10 @@ def test_grafana_rules_are_well_formed():
             if expression:
                 assert expression in refs
         assert rule.get("for"), rule["title"]
+        # A template may only read the values of the rule's own queries and expressions.
+        for text in rule["annotations"].values():
+            assert set(re.findall(r"\$values\.(\w+)", text)) <= set(refs), rule["title"]
+            assert "| query" not in text, rule["title"]  # Grafana has no `query` function
         # Labels are interpolated from the environment by Grafana: a '$' there would vanish.
         assert not any("$" in str(v) for v in rule["labels"].values()), rule["title"]
         assert {"severity", "team"} <= set(rule["labels"]) or "team" not in rule["labels"]
@@ -230,7 +234,9 @@ def all_promql() -> list[tuple[str, str]]:
                 assert match, query
                 exprs.append((f"{path.stem}: variable {variable['name']}", match.group(1)))
     for _, rule in grafana_rules():
-        exprs.append((f"grafana rule {rule['title']}", rule["data"][0]["model"]["expr"]))
+        for item in rule["data"]:
+            if item["datasourceUid"] != "__expr__":
+                exprs.append((f"grafana rule {rule['title']} ({item['refId']})", item["model"]["expr"]))
     return exprs
 
 
@@ -286,3 +292,193 @@ def test_prometheus_config_passes_promtool(promtool):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
     assert "rules/*.yml" in yaml.safe_load(config.read_text())["rule_files"]
+
+
+def test_sequential_panels_name_cells_in_the_alerts_words_and_code_the_state(promtool, tmp_path):
+    """The sequential panels' queries, evaluated by promtool on the exporter's series for the
+    three kinds of cell: each gets the alert's words in ``cell``, the version variable is not
+    needed (the series have none), and the state (Model detail's stat, the Overview's table)
+    reads 2 for a shift."""
+    dashboard = json.loads((ROOT / "grafana" / "dashboards" / "confusion-model-detail.json").read_text())
+    by_title = {p["title"]: p for p in panels(dashboard)}
+    table = by_title["Error rates: reference, current, relative change"]
+    rate = next(t["expr"] for t in table["targets"] if t["refId"] == "B")
+    state = by_title["Sequential state"]["targets"][0]["expr"]
+    overview = json.loads((ROOT / "grafana" / "dashboards" / "confusion-overview.json").read_text())
+    per_slice = next(p for p in panels(overview) if p["title"].startswith("Sequential state per slice"))
+    slice_state = per_slice["targets"][0]["expr"]
+    values = {"monitor": "shop:intents", "model": "router", "segment": "us"}
+    assert "$version" not in rate + state
+
+    def fill(expr: str) -> str:
+        return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr)
+
+    base = 'job="confusion-exporter", instance="a:9745", monitor="shop:intents", model="router", segment="us"'
+    cells = {
+        'kind="confusion", true_class="legit", predicted_class="fraud"': "legit predicted as fraud",
+        'kind="error", true_class="billing"': "billing predicted as any other class",
+        'kind="false_discovery", true_class="billing", predicted_class="refund"': "predicted refund but truly billing",
+    }
+    series = [
+        {"series": f'confusion_sequential_error_rate{{{base}, {cell}, window="{w}"}}', "values": f"{v}x5"}
+        for cell in cells
+        for w, v in (("reference", "0.03"), ("current", "0.0345"))
+    ]
+    series += [
+        {
+            "series": f'confusion_sequential_state{{{base}, state="{s}"}}',
+            "values": "1x5" if s == "shift" else "0x5",
+        }
+        for s in ("stable", "accumulating", "shift", "insufficient_data")
+    ]
+    expected = [
+        {
+            "labels": "{" + ", ".join([base.split(", ", 2)[2], cell, f'cell="{words}"']) + "}",
+            "value": 0.0345,
+        }
+        for cell, words in cells.items()
+    ]
+    case = {
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {"expr": fill(rate), "eval_time": "3m", "exp_samples": expected},
+                    {"expr": fill(state), "eval_time": "3m", "exp_samples": [{"labels": "{}", "value": 2}]},
+                    {
+                        "expr": slice_state,
+                        "eval_time": "3m",
+                        "exp_samples": [
+                            {"labels": '{monitor="shop:intents", model="router", segment="us"}', "value": 2}
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "sequential.test.yml"
+    path.write_text(yaml.safe_dump(case, width=1000))
+    run = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_rate_shift_value_is_the_estimate_when_positive_else_the_latch(promtool, tmp_path):
+    """ConfusionErrorRateShift's expression, as the rule file has it, evaluated by promtool:
+    the value is the relative change estimate while it is positive, 1 for a latched cell whose
+    estimate is missing or not positive (so the Grafana copy, value > 0, fires on the same
+    series), and nothing for a cell that is not latched."""
+    expr = next(r["expr"] for r in prometheus_alerts() if r["alert"] == "ConfusionErrorRateShift")
+    base = (
+        'job="confusion-exporter", instance="a:9745", monitor="m", model="f", segment="eu", kind="confusion"'
+    )
+    cells = {"a": ("1", "0.15", 0.15), "b": ("1", "-0.02", 1), "c": ("1", None, 1), "d": ("0", "0.4", None)}
+    series = [
+        {
+            "series": 'confusion_monitor_info{monitor="m", team="t", source="s", model_pattern="f"}',
+            "values": "1x5",
+        }
+    ]
+    expected = []
+    for true, (shifted, estimate, value) in cells.items():
+        cell = f'{base}, true_class="{true}", predicted_class="x"'
+        series.append({"series": f"confusion_sequential_shifted{{{cell}}}", "values": f"{shifted}x5"})
+        if estimate is not None:
+            series.append(
+                {
+                    "series": f'confusion_sequential_relative_change_ratio{{{cell}, bound="estimate"}}',
+                    "values": f"{estimate}x5",
+                }
+            )
+        if value is not None:
+            labels = f'{{monitor="m", model="f", segment="eu", kind="confusion", true_class="{true}", predicted_class="x", team="t"}}'
+            expected.append({"labels": labels, "value": value})
+    case = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [{"expr": expr, "eval_time": "3m", "exp_samples": expected}],
+            }
+        ],
+    }
+    path = tmp_path / "value.test.yml"
+    path.write_text(yaml.safe_dump(case, width=1000))
+    run = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_every_sequential_panel_query_has_data_on_the_exporters_contract(promtool, tmp_path):
+    """What tests/test_grafana_live.py demands of every panel (data for the slice), here for the
+    sequential panels on the series the exporter's contract names, with the project's
+    recording rules loaded: ``absent(query)`` is empty exactly when the query has data."""
+    queries = []
+    for path in DASHBOARDS:
+        for panel in panels(json.loads(path.read_text())):
+            for target in panel.get("targets", []):
+                if "sequential" in target["expr"]:
+                    queries.append((f"{path.stem}: {panel['title']} ({target['refId']})", target["expr"]))
+    assert len(queries) >= 14, queries
+    values = {"monitor": "shop:fraud", "model": "fraud", "segment": "eu", "version": "v1"}
+
+    def fill(expr: str) -> str:
+        return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr)
+
+    base = 'job="confusion-exporter", instance="a:9745", monitor="shop:fraud", model="fraud", segment="eu"'
+    series = [
+        {
+            "series": 'confusion_monitor_info{monitor="shop:fraud", team="t", source="s", model_pattern="f"}',
+            "values": "1x9",
+        },
+        {"series": f"confusion_sequential_threshold{{{base}}}", "values": "10.86x9"},
+        {
+            "series": 'confusion_sequential_period_end_timestamp_seconds{monitor="shop:fraud"}',
+            "values": "0x9",
+        },
+    ]
+    series += [
+        {"series": f'confusion_sequential_state{{{base}, state="{s}"}}', "values": f"{int(s == 'stable')}x9"}
+        for s in ("stable", "accumulating", "shift", "insufficient_data")
+    ]
+    for true, predicted in (("legit", "fraud"), ("fraud", "legit")):
+        cell = f'{base}, kind="confusion", true_class="{true}", predicted_class="{predicted}"'
+        series += [
+            {"series": f"confusion_sequential_evidence{{{cell}}}", "values": "1.5x9"},
+            {"series": f"confusion_sequential_shifted{{{cell}}}", "values": "0x9"},
+        ]
+        for window in ("reference", "current"):
+            series += [
+                {
+                    "series": f'confusion_sequential_error_rate{{{cell}, window="{window}"}}',
+                    "values": "0.03x9",
+                },
+                {"series": f'confusion_sequential_trials{{{cell}, window="{window}"}}', "values": "3000x9"},
+            ]
+        series += [
+            {
+                "series": f'confusion_sequential_relative_change_ratio{{{cell}, bound="{b}"}}',
+                "values": "0.01x9",
+            }
+            for b in ("estimate", "lower", "upper")
+        ]
+    case = {
+        "rule_files": [str(p) for p in RULE_FILES],
+        "evaluation_interval": "30s",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {"expr": f"absent({fill(expr)})", "eval_time": "5m", "exp_samples": []}
+                    for _, expr in queries
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "contract.test.yml"
+    path.write_text(yaml.safe_dump(case, width=1000))
+    run = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -29,6 +29,16 @@ DETAIL_URL = (
     "&var-model=${__data.fields.model}&var-version=${__data.fields.version}&var-segment=${__data.fields.segment}"
 )
 STATE_COLORS = {"shift": "red", "stable": "green", "insufficient_data": "text"}
+# The sequential layer's series have no version label (the detector pools a model's
+# versions: a new version is exactly the change to catch), so they filter by these only.
+SEQUENTIAL_SLICE = 'monitor="$monitor", model="$model", segment="$segment"'
+SEQUENTIAL_CELL = "monitor, model, segment, kind, true_class, predicted_class"
+SEQUENTIAL_DETAIL_URL = (
+    "/d/confusion-model-detail/model-detail?${__url_time_range}&var-monitor=${__data.fields.monitor}"
+    "&var-model=${__data.fields.model}&var-segment=${__data.fields.segment}"
+)
+# The sequential state as one number (confusion_sequential_state is 1 for the current one).
+SEQUENTIAL_STATES = {"stable": "green", "accumulating": "orange", "shift": "red", "insufficient_data": "text"}
 
 
 def dashboard(uid: str, title: str, description: str) -> dash.Dashboard:
@@ -162,3 +172,58 @@ def threshold_line(name: str) -> tuple[str, list[DynamicConfigValue]]:
 
 def log_scale() -> ScaleDistributionConfig:
     return ScaleDistributionConfig().type(common.ScaleDistribution.LOG).log(10)
+
+
+def cell_in_words(metric: str, matchers: str) -> str:
+    """The series ``metric{matchers}`` per sequential cell, with a label ``cell`` naming the
+    error rate as the alert does: "legit predicted as fraud", "billing predicted as any other
+    class", "predicted refund but truly billing". Built with label_join and literal
+    label_replace only: a ``$1`` in a dashboard query would be read as a template variable."""
+
+    def kind(name: str) -> str:
+        return f'max by ({SEQUENTIAL_CELL}) ({metric}{{{matchers}, kind="{name}"}})'
+
+    def literal(expr: str, label: str, text: str, name: str) -> str:
+        return f'label_replace({expr}, "{label}", "{text}", "kind", "{name}")'
+
+    confusion = f'label_join({kind("confusion")}, "cell", " predicted as ", "true_class", "predicted_class")'
+    error = literal(kind("error"), "suffix", " predicted as any other class", "error")
+    error = f'label_join({error}, "cell", "", "true_class", "suffix")'
+    discovery = literal(kind("false_discovery"), "prefix", "predicted ", "false_discovery")
+    discovery = literal(discovery, "infix", " but truly ", "false_discovery")
+    discovery = f'label_join({discovery}, "cell", "", "prefix", "predicted_class", "infix", "true_class")'
+    return f"max by ({SEQUENTIAL_CELL}, cell) (\n  {confusion}\n  or {error}\n  or {discovery}\n)"
+
+
+def sequential_state_code(selector: str, by: str = "") -> str:
+    """The slice's sequential state as 0 stable, 1 accumulating, 2 shift, 3 insufficient data."""
+    group = f" by ({by})" if by else ""
+    return " + ".join(
+        f'{i} * max{group} (confusion_sequential_state{{{selector}{", " if selector else ""}state="{state}"}})'
+        for i, state in enumerate(SEQUENTIAL_STATES)
+        if i
+    )
+
+
+def sequential_state_mappings() -> list[ValueMap]:
+    return [
+        ValueMap(
+            options={
+                str(i): ValueMappingResult(text=state.replace("_", " "), color=color, index=i)
+                for i, (state, color) in enumerate(SEQUENTIAL_STATES.items())
+            }
+        )
+    ]
+
+
+def sequential_state_mapping_overrides() -> list[dict[str, object]]:
+    """:func:`sequential_state_mappings` as a field override's JSON (one column of a table)."""
+    return [
+        {
+            "type": "value",
+            "options": {
+                str(i): {"text": state.replace("_", " "), "color": color, "index": i}
+                for i, (state, color) in enumerate(SEQUENTIAL_STATES.items())
+            },
+        }
+    ]

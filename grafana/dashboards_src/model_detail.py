@@ -7,8 +7,10 @@ from grafana_foundation_sdk.models import common
 
 from .common import (
     HIDDEN,
+    SEQUENTIAL_SLICE,
     SLICE,
     bar_panel,
+    cell_in_words,
     colored,
     dashboard,
     dynamic,
@@ -16,6 +18,9 @@ from .common import (
     label_variable,
     log_scale,
     query,
+    sequential_state_code,
+    sequential_state_mappings,
+    stat_panel,
     state_mappings,
     table_panel,
     threshold_line,
@@ -51,6 +56,140 @@ def matrix_panel(title: str, description: str, expr: str, unit: str, span: int =
         .color_scheme(dash.FieldColor().mode("continuous-BlPu"))
         .override_by_name("true_class\\predicted_class", [dynamic("custom.cellOptions", {"type": "auto"})])
     )
+
+
+def sequential_panels() -> list:  # type: ignore[type-arg]
+    """The row "Small persistent changes (sequential)": evidence against threshold, the cells, the state."""
+
+    def cells(metric: str, matcher: str = "") -> str:
+        return cell_in_words(metric, SEQUENTIAL_SLICE + (f", {matcher}" if matcher else ""))
+
+    evidence = (
+        timeseries_panel(
+            "Evidence against threshold, per error rate",
+            "The sequential detector's evidence (a CUSUM, in nats) that each error rate of this model and "
+            "segment is above its reference, all versions pooled (the version variable does not apply). It "
+            "climbs while a rate stays above its reference and falls back to 0 otherwise; at the dashed "
+            "threshold the cell latches and ConfusionErrorRateShift pages (1 false page per monitor per 30 days "
+            "by construction). From half the threshold on the cell is 'accumulating' and its reference is "
+            "frozen, so the change cannot be learnt as normal.",
+            "none",
+            query(cells("confusion_sequential_evidence"), legend="{{cell}}"),
+            query(
+                f"max(confusion_sequential_threshold{{{SEQUENTIAL_SLICE}}})",
+                legend="threshold",
+                ref="B",
+            ),
+            height=9,
+            span=16,
+        )
+        .min(0)
+        .override_by_name(*threshold_line("threshold"))
+    )
+    state = (
+        stat_panel(
+            "Sequential state",
+            "The slice's state in the sequential layer (all versions pooled): stable; accumulating (some "
+            "cell's evidence is past half its threshold, references frozen); shift (a cell is latched and "
+            "pages until accepted: automatically after 24 h, or by confusion-exporter baseline accept); "
+            "insufficient data (references too small to test yet).",
+            "none",
+            query(sequential_state_code(SEQUENTIAL_SLICE), instant=True),
+            height=9,
+            span=8,
+        )
+        .mappings(sequential_state_mappings())
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+    )
+    columns = {
+        "A": ("reference rate", cells("confusion_sequential_error_rate", 'window="reference"')),
+        "B": ("current rate", cells("confusion_sequential_error_rate", 'window="current"')),
+        "C": ("change", cells("confusion_sequential_relative_change_ratio", 'bound="estimate"')),
+        "D": ("change, 95% low", cells("confusion_sequential_relative_change_ratio", 'bound="lower"')),
+        "E": ("change, 95% high", cells("confusion_sequential_relative_change_ratio", 'bound="upper"')),
+        "F": ("current trials", cells("confusion_sequential_trials", 'window="current"')),
+        "G": ("reference trials", cells("confusion_sequential_trials", 'window="reference"')),
+        "H": ("evidence / threshold", cells("confusion:sequential_evidence:threshold_ratio")),
+        "I": ("state", cells("confusion_sequential_shifted")),
+    }
+    table = (
+        table_panel(
+            "Error rates: reference, current, relative change",
+            "Each error rate the sequential detector follows (all versions pooled): 'A predicted as B' is the "
+            "share of true A predicted as B; 'A predicted as any other class' is 1 - recall of A; 'predicted B "
+            "but truly A' is a false-discovery rate. Reference: the cell's own stable history (same hour of "
+            "day), frozen while evidence accumulates; current: over the run of evidence (roughly since a "
+            "change began); change: current / reference - 1 with its 95% interval; trials: labeled "
+            "predictions behind each rate. State 'shift': latched, paging. Sorted by evidence.",
+            "percentunit",
+            *(query(expr, ref=ref, instant=True, table_format=True) for ref, (_, expr) in columns.items()),
+            height=10,
+            span=24,
+        )
+        .with_transformation(transform("merge", {}))
+        .with_transformation(
+            transform(
+                "organize",
+                {
+                    "excludeByName": {
+                        name: True
+                        for name in (
+                            "Time",
+                            "monitor",
+                            "model",
+                            "segment",
+                            "kind",
+                            "true_class",
+                            "predicted_class",
+                        )
+                    },
+                    "indexByName": {"cell": 0, **{f"Value #{ref}": i + 1 for i, ref in enumerate(columns)}},
+                    "renameByName": {f"Value #{ref}": title for ref, (title, _) in columns.items()},
+                },
+            )
+        )
+        .with_transformation(transform("sortBy", {"sort": [{"field": "evidence / threshold", "desc": True}]}))
+        .decimals(2)
+        .override_by_name("current trials", [dynamic("unit", "none"), dynamic("decimals", 0)])
+        .override_by_name("reference trials", [dynamic("unit", "none"), dynamic("decimals", 0)])
+        .override_by_name(
+            "evidence / threshold",
+            [
+                dynamic("custom.cellOptions", {"type": "color-background", "mode": "basic"}),
+                dynamic(
+                    "thresholds",
+                    {
+                        "mode": "absolute",
+                        "steps": [
+                            {"value": None, "color": "green"},
+                            {"value": 0.5, "color": "orange"},
+                            {"value": 1, "color": "red"},
+                        ],
+                    },
+                ),
+            ],
+        )
+        .override_by_name(
+            "state",
+            [
+                dynamic("unit", "none"),
+                dynamic(
+                    "mappings",
+                    [
+                        {
+                            "type": "value",
+                            "options": {
+                                "0": {"text": "-", "index": 0},
+                                "1": {"text": "shift", "color": "red", "index": 1},
+                            },
+                        }
+                    ],
+                ),
+                dynamic("custom.cellOptions", {"type": "color-text"}),
+            ],
+        )
+    )
+    return [dash.Row("Small persistent changes (sequential)"), evidence, state, table]
 
 
 def build() -> dash.Dashboard:
@@ -248,12 +387,13 @@ def build() -> dash.Dashboard:
             )
         )
     )
-    return (
+    board = (
         dashboard(
             UID,
             "Confusion exporter / Model detail",
             "One model version in one segment: current and reference confusion matrices, the shift tests and "
-            "where the errors moved, per-class metrics, labels.",
+            "where the errors moved, the sequential layer's error rates (all versions pooled), per-class "
+            "metrics, labels.",
         )
         .with_variable(
             label_variable("monitor", "Monitor", "label_values(confusion_monitor_slices, monitor)")
@@ -293,7 +433,13 @@ def build() -> dash.Dashboard:
         .with_panel(rows)
         .with_panel(p_values)
         .with_panel(effects)
-        .with_row(dash.Row("Confusion matrices (rows: true class, columns: predicted class)"))
+    )
+    row, *sequential = sequential_panels()
+    board = board.with_row(row)
+    for panel in sequential:
+        board = board.with_panel(panel)
+    return (
+        board.with_row(dash.Row("Confusion matrices (rows: true class, columns: predicted class)"))
         .with_panel(
             matrix_panel(
                 "Current window: counts",

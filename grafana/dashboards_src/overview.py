@@ -8,10 +8,15 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef
 from .common import (
     DETAIL_URL,
     HIDDEN,
+    SEQUENTIAL_CELL,
+    SEQUENTIAL_DETAIL_URL,
     colored,
     dashboard,
+    dynamic,
     hide_fields,
     query,
+    sequential_state_code,
+    sequential_state_mapping_overrides,
     stat_panel,
     state_mappings,
     table_panel,
@@ -42,6 +47,47 @@ def build() -> dash.Dashboard:
         .mappings(state_mappings())
         .override_by_name(*colored("state"))
         .data_links([detail_link])
+    )
+    sequential_slice = "monitor, model, segment"
+    sequential_states = (
+        table_panel(
+            "Sequential state per slice (all versions pooled)",
+            "The sequential layer, which accumulates evidence per error rate for small persistent changes "
+            "the window tests cannot see (a 15% rise of a 3% false-positive rate): one row per model and "
+            "segment, its versions pooled. 'shift' (red) pages (ConfusionErrorRateShift) until the new "
+            "regime is accepted; 'accumulating': some rate's evidence is past half its threshold; the share "
+            "is the largest evidence as a fraction of the threshold (1 pages). Click to open the detail.",
+            "none",
+            query(sequential_state_code("", by=sequential_slice), ref="A", instant=True, table_format=True),
+            query(
+                f"max by ({sequential_slice}) (confusion:sequential_evidence:threshold_ratio)",
+                ref="B",
+                instant=True,
+                table_format=True,
+            ),
+            height=7,
+            span=24,
+        )
+        .with_transformation(transform("merge", {}))
+        .with_transformation(
+            transform(
+                "organize",
+                {
+                    "excludeByName": {"Time": True},
+                    "renameByName": {"Value #A": "state", "Value #B": "evidence / threshold"},
+                },
+            )
+        )
+        .with_transformation(transform("sortBy", {"sort": [{"field": "evidence / threshold", "desc": True}]}))
+        .override_by_name(
+            "state",
+            [
+                dynamic("mappings", sequential_state_mapping_overrides()),
+                dynamic("custom.cellOptions", {"type": "color-background", "mode": "basic"}),
+            ],
+        )
+        .override_by_name("evidence / threshold", [dynamic("unit", "percentunit"), dynamic("decimals", 0)])
+        .data_links([dash.DashboardLink("Model detail").url(SEQUENTIAL_DETAIL_URL)])
     )
     glance = (
         table_panel(
@@ -108,6 +154,7 @@ def build() -> dash.Dashboard:
         "the numbers on this page are stale and alerts are blind (see the exporter health dashboard).",
         "s",
         query("max(time() - confusion_exporter_last_refresh_success_timestamp_seconds)", instant=True),
+        span=5,
     ).thresholds(thresholds((None, "green"), (120, "orange"), (600, "red")))
     shifted = stat_panel(
         "Slices with an error-pattern shift",
@@ -117,12 +164,25 @@ def build() -> dash.Dashboard:
             'count(confusion_shift_state{test="error_pattern", state="shift"} == 1) or vector(0)',
             instant=True,
         ),
+        span=5,
+    ).thresholds(thresholds((None, "green"), (1, "red")))
+    latched = stat_panel(
+        "Error rates latched (sequential)",
+        "How many error rates (cells, over all models and segments, versions pooled) the sequential layer "
+        "has latched as shifted: each pages as ConfusionErrorRateShift until accepted.",
+        "none",
+        query(
+            f"count(max by ({SEQUENTIAL_CELL}) (confusion_sequential_shifted) == 1) or vector(0)",
+            instant=True,
+        ),
+        span=5,
     ).thresholds(thresholds((None, "green"), (1, "red")))
     scrape = stat_panel(
         "Exporter targets up",
         "Exporter instances Prometheus scrapes successfully, out of those it knows.",
         "none",
         query('sum(up{job="confusion-exporter"})', instant=True),
+        span=5,
     ).thresholds(thresholds((None, "red"), (1, "green")))
     accuracy = timeseries_panel(
         "Accuracy of the current window",
@@ -136,10 +196,11 @@ def build() -> dash.Dashboard:
         dashboard(
             UID,
             "Confusion exporter / Overview",
-            "Every monitored classifier at a glance: shift state per test, accuracy and macro-F1 against the "
-            "reference, label coverage and exporter freshness.",
+            "Every monitored classifier at a glance: shift state per test and of the sequential layer, accuracy "
+            "and macro-F1 against the reference, label coverage and exporter freshness.",
         )
         .with_panel(shifted)
+        .with_panel(latched)
         .with_panel(freshness)
         .with_panel(scrape)
         .with_panel(
@@ -148,9 +209,11 @@ def build() -> dash.Dashboard:
                 "Model version/segment slices with data in their windows, over all monitors.",
                 "none",
                 query("sum(confusion_monitor_slices)", instant=True),
+                span=4,
             )
         )
         .with_panel(shift_states)
+        .with_panel(sequential_states)
         .with_panel(glance)
         .with_panel(accuracy)
     )
