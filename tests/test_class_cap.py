@@ -26,14 +26,19 @@ from .helpers import COLUMNS, NOW, REFERENCE_SOURCE, Row, create_scored_events, 
 MANY = 4_000  # distinct classes: enough that an uncapped read sends thousands of cells
 
 
+ARRIVAL_ROWS: list[int] = []  # the sequential layer's reads in the last refresh()
+
+
 @contextmanager
 def rows_fetched(refresher: Refresher) -> Iterator[list[int]]:
-    """Count the rows every statement of ``refresher`` returns from the database."""
+    """Count the rows every window statement of ``refresher`` returns from the database (the
+    sequential layer's reads, one row per cell per 5-minute period, go to ARRIVAL_ROWS)."""
     fetched: list[int] = []
+    ARRIVAL_ROWS.clear()
 
     def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
         if cursor.description is not None:
-            fetched.append(cursor.rowcount)
+            (ARRIVAL_ROWS if "arrivals_start" in statement else fetched).append(cursor.rowcount)
 
     sa.event.listen(refresher.engine, "after_cursor_execute", count)
     try:
@@ -89,6 +94,12 @@ def test_a_source_without_labeled_at_is_capped_too(admin_engine, exporter_url):
     assert largest <= 2 * (20 * 20 + 20)
     current = snapshot.monitors["shop:*"].slices[0].windows["current"].counts
     assert len(current.classes) == 20 and current.folded > 0
+    # Without labeled_at every labeled row is an arrival at its prediction time: the sequential
+    # layer's read is capped too, per 5-minute period at its own 10 classes (not thousands).
+    periods = len({int(r.ts.timestamp()) // 300 for r in many_classes()})
+    assert ARRIVAL_ROWS and sum(ARRIVAL_ROWS) <= periods * (10 * 10)
+    (piece,) = snapshot.monitors["shop:*"].sequential.slices  # type: ignore[union-attr]
+    assert len(piece.classes) == 10 and piece.classes[-1] == "__other__"
 
 
 def test_rejected_and_unknown_classes_are_counted_in_sql(admin_engine, exporter_url):

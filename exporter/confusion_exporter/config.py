@@ -230,9 +230,20 @@ class SequentialConfig(_Strict):
     # Label arrivals are counted per period once ``settle`` has passed since its end (a row
     # committed later than that is seen by a replay but was not by the live exporter).
     settle: Duration = timedelta(minutes=2)
-    # The first instant the detector reads (default: the day of the source's first prediction
-    # of the monitor). Replays start here, so every evaluation of an instant agrees.
+    # The first instant the detector reads. Replays start here, so every evaluation of an
+    # instant agrees. Without one, the replay starts at most ``max_history`` before the
+    # evaluated instant, at a boundary of 7-day blocks since the epoch (every instant of a
+    # block shares one origin), and never before the day of the monitor's first prediction.
     origin: datetime | None = None
+    max_history: Duration = timedelta(days=35)
+
+    @field_validator("max_history")
+    @classmethod
+    def _history_holds_the_reference(cls, value: timedelta) -> timedelta:
+        if value < timedelta(days=15):
+            raise ValueError("must be at least 15d: the reference alone holds 14 days")
+        return value
+
     # The detector watches at most this many classes of a slice (cells grow as K^2), in the
     # order the configured ``classes`` list them, else in the order they first appear.
     max_classes: int = Field(default=10, ge=2, le=50)

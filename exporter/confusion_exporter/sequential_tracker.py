@@ -15,6 +15,7 @@ each refresh spends at most its budget on the replay.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -22,18 +23,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
-import pandas as pd
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from .config import MonitorConfig, SourceConfig
 from .matrices import NULL, OTHER, class_order
 from .snapshot import SequentialResult, SequentialSlice
 from .source.accepts import AcceptEvent, read_accepts
 from .source.arrivals import fetch_arrivals, first_arrival_query, period_query
+from .source.class_cap import ClassCap
+from .source.database import is_statement_timeout, timeout_hint
 from .stats import sequential as seq
+
+log = logging.getLogger("confusion_exporter.sequential")
 
 # Periods read per query: a day of 5-minute periods keeps each statement short.
 PERIODS_PER_QUERY = 288
+BLOCK_SECONDS = 7 * 86400  # default origins move a week at a time
 SliceId = tuple[str, str]  # (model, segment)
 
 
@@ -60,6 +66,11 @@ class SequentialTracker:
     origin: datetime | None = None
     next_period: int | None = None  # the next period to read, numbered from the epoch
     states: dict[SliceId, seq.DetectorState] = field(default_factory=dict)
+    first_day: datetime | None = None  # the day of the monitor's first prediction (cached)
+    # A tracker replaying from the next origin (the origin moved with a new 7-day block); it
+    # replaces this one once caught up, so a new block costs no gap in what is published.
+    successor: SequentialTracker | None = None
+    periods_per_query: int = PERIODS_PER_QUERY  # halved after a statement timeout
     period_seconds: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -73,28 +84,91 @@ class SequentialTracker:
         """Periods below this number have ended ``settle`` before ``now``."""
         return math.floor((now - self.settings.settle).timestamp() / self.period_seconds)
 
-    def _find_origin(self, connection: Connection) -> datetime | None:
+    def origin_for(self, connection: Connection, now: datetime) -> datetime | None:
+        """Where a replay to ``now`` starts: the configured origin, else the later of the first
+        prediction's day and the 7-day block holding ``now - max_history``. A function of the
+        data and the instant only, so a replay and the live exporter agree."""
         if self.settings.origin is not None:
-            return self.settings.origin.astimezone(UTC)
-        first = connection.execute(first_arrival_query(self.source, self.monitor)).scalar()
-        if first is None:
-            return None
-        return utc_day(first)
+            return self.settings.origin.astimezone(UTC)  # type: ignore[no-any-return]
+        if self.first_day is None:
+            first = connection.execute(first_arrival_query(self.source, self.monitor)).scalar()
+            if first is None:
+                return None
+            self.first_day = utc_day(first)
+        earliest = (now - self.settings.max_history).timestamp()
+        block = _utc(math.floor(earliest / BLOCK_SECONDS) * BLOCK_SECONDS)
+        return max(self.first_day, block)
 
     def advance(
         self, connection: Connection, now: datetime, budget: timedelta | None = None
     ) -> SequentialResult:
-        """Read the periods closed by ``now`` (within ``budget`` of wall time, if given)."""
+        """Read the periods closed by ``now`` (within ``budget`` of wall time, if given).
+
+        A failed read (a statement timeout on a long history, say) never fails the monitor's
+        window results: it runs in a savepoint, is logged, halves the periods per query when
+        the statement ran out of time, and the layer reports what it had (not caught up)."""
+        try:
+            with connection.begin_nested():
+                result = self._advance(connection, now, budget)
+        except SQLAlchemyError as error:
+            if is_statement_timeout(error):
+                self.periods_per_query = max(1, self.periods_per_query // 2)
+            log.warning(
+                "sequential layer read failed",
+                extra={
+                    "fields": {
+                        "monitor": self.monitor.monitor_name,
+                        "error": type(error).__name__ + timeout_hint(error),
+                        "periods_per_query": self.periods_per_query,
+                    }
+                },
+            )
+            period_end = None if self.next_period is None else _utc(self.next_period * self.period_seconds)
+            return SequentialResult(self.origin, period_end, caught_up=False)
+        return result
+
+    def _advance(self, connection: Connection, now: datetime, budget: timedelta | None) -> SequentialResult:
+        wanted = self.origin_for(connection, now)
+        if wanted is None:
+            return SequentialResult(None, None, caught_up=True)
         if self.origin is None:
-            self.origin = self._find_origin(connection)
-            if self.origin is None:
-                return SequentialResult(None, None, caught_up=True)
-            self.next_period = math.ceil(self.origin.timestamp() / self.period_seconds)
-        assert self.next_period is not None
+            self._start(wanted)
+        elif wanted != self.origin:
+            # A new block: replay from the new origin beside this tracker, then take its place.
+            if self.successor is None or self.successor.origin != wanted:
+                self.successor = SequentialTracker(self.monitor, self.source, self.future_tolerance)
+                self.successor.periods_per_query = self.periods_per_query
+                self.successor.first_day = self.first_day
+                self.successor._start(wanted)
+            started = time.monotonic()
+            self.successor._read_until(connection, self.last_closed_period(now), budget)
+            if (
+                self.successor.next_period is not None
+                and self.successor.next_period >= self.last_closed_period(now)
+            ):
+                self.origin, self.next_period = self.successor.origin, self.successor.next_period
+                self.states, self.successor = self.successor.states, None
+            elif budget is not None:
+                budget = max(timedelta(0), budget - timedelta(seconds=time.monotonic() - started))
         target = self.last_closed_period(now)
+        self._read_until(connection, target, budget)
+        assert self.next_period is not None
+        caught_up = self.next_period >= target
+        period_end = _utc(self.next_period * self.period_seconds)
+        if not caught_up:
+            return SequentialResult(self.origin, period_end, caught_up=False)
+        return SequentialResult(self.origin, period_end, caught_up=True, slices=self.slices())
+
+    def _start(self, origin: datetime) -> None:
+        self.origin = origin
+        self.next_period = math.ceil(origin.timestamp() / self.period_seconds)
+        self.states = {}
+
+    def _read_until(self, connection: Connection, target: int, budget: timedelta | None) -> None:
+        assert self.next_period is not None
         started = time.monotonic()
         while self.next_period < target:
-            end = min(target, self.next_period + PERIODS_PER_QUERY)
+            end = min(target, self.next_period + self.periods_per_query)
             saved = dict(self.states)  # the states are immutable: a shallow copy restores them
             try:
                 self._read(connection, self.next_period, end)
@@ -104,11 +178,6 @@ class SequentialTracker:
             self.next_period = end
             if budget is not None and time.monotonic() - started > budget.total_seconds():
                 break
-        caught_up = self.next_period >= target
-        period_end = _utc(self.next_period * self.period_seconds)
-        if not caught_up:
-            return SequentialResult(self.origin, period_end, caught_up=False)
-        return SequentialResult(self.origin, period_end, caught_up=True, slices=self.slices())
 
     def _read(self, connection: Connection, first: int, end: int) -> None:
         start_at, end_at = _utc(first * self.period_seconds), _utc(end * self.period_seconds)
@@ -120,32 +189,36 @@ class SequentialTracker:
             timedelta(seconds=self.period_seconds),
             self.future_tolerance,
         )
-        frame = fetch_arrivals(connection, query)
-        for column in ("model", "segment", "predicted", "actual"):
-            frame[column] = frame[column].astype(object).where(frame[column].notna(), NULL)
+        cap = ClassCap(max_classes=self.settings.max_classes, classes=self.monitor.classes)
+        frame = fetch_arrivals(connection, query, cap)
         events = read_accepts(connection, self.monitor.monitor_name, start_at, end_at)
-        by_period = {int(p): group for p, group in frame.groupby("period", sort=True)}
+        # Plain tuples per period and slice: a period holds a few cells, and pandas' groupby
+        # per period cost 10 ms where this costs microseconds.
+        by_period: dict[int, dict[SliceId, list[tuple[str, str, int]]]] = {}
+        for period, model, segment, predicted, actual, n in frame.itertuples(index=False, name=None):
+            key = (_name(model), _name(segment))
+            by_period.setdefault(int(period), {}).setdefault(key, []).append(
+                (_name(predicted), _name(actual), int(n))
+            )
         events_by_period: dict[int, list[AcceptEvent]] = {}
         for event in events:
-            events_by_period.setdefault(int(event.accepted_at.timestamp()) // self.period_seconds, []).append(
-                event
-            )
+            when = int(event.accepted_at.timestamp()) // self.period_seconds
+            events_by_period.setdefault(when, []).append(event)
         for period in range(first, end):
-            rows = by_period.get(period)
-            if rows is not None:
-                self._admit(rows)
-            self._update(period, rows)
+            cells = by_period.get(period, {})
+            if cells:
+                self._admit(cells)
+            self._update(period, cells)
             for event in events_by_period.get(period, ()):
                 self._accept(event)
 
-    def _admit(self, rows: pd.DataFrame) -> None:
+    def _admit(self, cells: dict[SliceId, list[tuple[str, str, int]]]) -> None:
         """New slices get a detector; new classes extend theirs (in a fixed order)."""
         added = False
-        for (model, segment), group in rows.groupby(["model", "segment"], sort=True):
-            key = (str(model), str(segment))
+        for key in sorted(cells):
             state = self.states.get(key)
             known = state.classes if state is not None else ()
-            names = set(group["predicted"]) | set(group["actual"])
+            names = {c for predicted, actual, _ in cells[key] for c in (predicted, actual)}
             wanted = _watched_classes(known, names, self.monitor)
             if state is None:
                 self.states[key] = seq.initial_state(wanted, self.settings.parameters())
@@ -156,19 +229,10 @@ class SequentialTracker:
             segments = len(self.states)
             self.states = {k: seq.with_segments(s, segments) for k, s in self.states.items()}
 
-    def _update(self, period: int, rows: pd.DataFrame | None) -> None:
+    def _update(self, period: int, cells: dict[SliceId, list[tuple[str, str, int]]]) -> None:
         hour = period * self.period_seconds // 3600
-        matrices: dict[SliceId, np.ndarray] = {}
-        if rows is not None:
-            for (model, segment), group in rows.groupby(["model", "segment"], sort=False):
-                key = (str(model), str(segment))
-                matrices[key] = _matrix(self.states[key].classes, group)
         for key, state in self.states.items():
-            k = len(state.classes)
-            counts = matrices.get(key)
-            self.states[key] = seq.update(
-                state, counts if counts is not None else np.zeros((k, k), np.int64), hour
-            )
+            self.states[key] = seq.update(state, _matrix(state.classes, cells.get(key, ())), hour)
 
     def _accept(self, event: AcceptEvent) -> None:
         for key, state in self.states.items():
@@ -210,16 +274,19 @@ def _watched_classes(known: tuple[str, ...], names: Iterable[str], monitor: Moni
     return tuple(out)
 
 
-def _matrix(classes: tuple[str, ...], rows: pd.DataFrame) -> np.ndarray:
+def _name(value: object) -> str:
+    return NULL if value is None else str(value)
+
+
+def _matrix(classes: tuple[str, ...], cells: Iterable[tuple[str, str, int]]) -> np.ndarray:
     """The period's K x K counts (rows: true class) on the detector's classes; a class the
     detector does not watch counts as ``__other__`` if it has one, else not at all (a
     configured class list: ``unknown_class``)."""
     index = {c: i for i, c in enumerate(classes)}
     other = index.get(OTHER, -1)
-    k = len(classes)
-    true = np.array([index.get(a, other) for a in rows["actual"]], np.int64)
-    predicted = np.array([index.get(p, other) for p in rows["predicted"]], np.int64)
-    keep = (true >= 0) & (predicted >= 0)
-    counts = np.zeros((k, k), np.int64)
-    np.add.at(counts, (true[keep], predicted[keep]), rows["n"].to_numpy(np.int64)[keep])
+    counts = np.zeros((len(classes), len(classes)), np.int64)
+    for predicted, actual, n in cells:
+        i, j = index.get(actual, other), index.get(predicted, other)
+        if i >= 0 and j >= 0:
+            counts[i, j] += n
     return counts

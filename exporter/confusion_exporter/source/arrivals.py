@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..config import MonitorConfig, SourceConfig
+from .class_cap import ClassCap, capped_counts, fetch_capped
 from .counts import ALL, source_table
 from .rejections import RowFields, rejection_reason
 
@@ -80,20 +81,36 @@ def arrivals_query(
     ]
     if monitor.model != "*":
         filters.append(table.c[cols.model] == sa.bindparam("model", monitor.model))
-    grouped: list[sa.ColumnElement[Any]] = [
-        period_number.label("period"),
-        model.label("model"),
-        text(cols.segment).label("segment"),
-        predicted.label("predicted"),
-        actual.label("actual"),
-    ]
     return (
-        sa.select(*grouped, sa.func.count().label("n"))
+        _counted(period_number, model, text(cols.segment), predicted, actual)
         .select_from(table)
         .where(*filters)
-        .group_by(*(sa.literal_column(str(i)) for i in range(1, len(grouped) + 1)))
-        .order_by(sa.literal_column("1"))
     )
+
+
+def _counted(
+    period: sa.ColumnElement[Any],
+    model: sa.ColumnElement[Any],
+    segment: sa.ColumnElement[Any],
+    predicted: sa.ColumnElement[Any],
+    actual: sa.ColumnElement[Any],
+) -> sa.Select[Any]:
+    """The grouped counts in the window count query's columns (``COUNT_COLUMNS``), so the class
+    cap (class_cap.py) wraps them: the period stands in as the bucket and as the version, so the
+    cap ranks the classes of each slice in each period on their own (a period's counts never
+    change, so neither does its ranking: a replay caps exactly as the live exporter did)."""
+    grouped: list[sa.ColumnElement[Any]] = [
+        period.label("bucket"),
+        model.label("model"),
+        sa.cast(period, sa.Text).label("version"),
+        segment.label("segment"),
+        predicted.label("predicted"),
+        actual.label("actual"),
+        sa.cast(sa.null(), sa.Text).label("reason"),
+    ]
+    return sa.select(
+        *grouped, sa.func.count().label("n"), sa.cast(sa.null(), sa.Float).label("delay_sum")
+    ).group_by(*(sa.literal_column(str(i)) for i in range(1, len(grouped) + 1)))
 
 
 def _qualified(name: str, columns: tuple[str, ...]) -> sa.TableClause:
@@ -135,19 +152,10 @@ def first_labels_query(
     ]
     if monitor.model != "*":
         filters.append(p.c.model_name == sa.bindparam("model", monitor.model))
-    grouped: list[sa.ColumnElement[Any]] = [
-        period_number.label("period"),
-        model.label("model"),
-        segment.label("segment"),
-        predicted.label("predicted"),
-        actual.label("actual"),
-    ]
     return (
-        sa.select(*grouped, sa.func.count().label("n"))
+        _counted(period_number, model, segment, predicted, actual)
         .select_from(lab.join(p, p.c.id == lab.c.prediction_id))
         .where(*filters)
-        .group_by(*(sa.literal_column(str(i)) for i in range(1, len(grouped) + 1)))
-        .order_by(sa.literal_column("1"))
     )
 
 
@@ -164,11 +172,23 @@ def period_query(
     return build(source, monitor, start, end, period, future_tolerance)
 
 
-def fetch_arrivals(connection: Connection, query: sa.Select[Any]) -> pd.DataFrame:
-    frame = pd.DataFrame(connection.execute(query).fetchall(), columns=ARRIVAL_COLUMNS)
-    frame["period"] = frame["period"].astype("int64")
-    frame["n"] = frame["n"].astype("int64")
-    return frame
+def fetch_arrivals(connection: Connection, query: sa.Select[Any], cap: ClassCap) -> pd.DataFrame:
+    """Run an arrivals query with the class cap applied in SQL, per slice and period; rows the
+    cap rejects (outside configured classes: ``unknown_class``) are left out."""
+    rows, _ = fetch_capped(connection, capped_counts(query, cap))
+    rows = rows[rows["reason"].isna()]
+    frame = pd.DataFrame(
+        {
+            "period": rows["bucket"].astype("int64"),
+            "model": rows["model"],
+            "segment": rows["segment"],
+            "predicted": rows["predicted"],
+            "actual": rows["actual"],
+            "n": rows["n"].astype("int64"),
+        },
+        columns=ARRIVAL_COLUMNS,
+    )
+    return frame.sort_values("period", kind="stable").reset_index(drop=True)
 
 
 def first_arrival_query(source: SourceConfig, monitor: MonitorConfig) -> sa.Select[tuple[Any]]:

@@ -352,7 +352,7 @@ def update(state: DetectorState, counts: Counts, hour: int) -> DetectorState:
     new in the period, ``hour`` the absolute hour it falls in (e.g. hours since the epoch;
     periods of the same hour share a reference bin, and its hour of day picks the seasonal
     reference). Hours must not decrease."""
-    if hour < state.last_hour:
+    if state.periods and hour < state.last_hour:
         raise ValueError(f"hour {hour} is before the last period's hour {state.last_hour}")
     p = state.params
     k = len(state.classes)
