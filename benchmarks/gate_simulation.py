@@ -25,6 +25,8 @@ from numpy.typing import NDArray
 from confusion_exporter.stats.cost import cost_increase_test
 from confusion_exporter.stats.sequential import SequentialParameters, cells_of
 from confusion_exporter.stats.sequential_gate import (
+    EXCLUDES_MARGIN,
+    EXCLUDES_ZERO,
     GateParameters,
     cost_bounds,
     rate_bounds,
@@ -45,6 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.polling:
         polling_study(args.paths)
+        choices_study(args.paths // 4)
         return
     print("identical canaries: share of pairs failed")
     print(
@@ -212,6 +215,25 @@ def polling_study(paths: int) -> None:
                     f"{name:>9} {alpha:>6g} {rate:>9,} {share:>7.0%} {hours:>7}h {fail:>6.3f} {passed:>6.3f} {wait:>6.3f} "
                     f"{r.median_hours(r.first_fail, r.first_pass):>14.1f}h {r.median_hours(r.first_pass, r.first_fail):>14.1f}h"
                 )
+
+
+def choices_study(paths: int) -> None:
+    """The two design choices, at 30,000 labels/h with a 10% canary, alpha 0.01, 72 hours:
+    where the boundary is narrowest, and what "a harmful change is shown" means."""
+    print("\nchoices: 30,000 labels/h, 10% canary, alpha 0.01, 72 h")
+    print(
+        f"{'tightest_at':>11} {'fail rule':>15} {'identical: fail':>16} {'seed: fail':>11} {'median to fail':>15}"
+    )
+    polls = 72 * 60 // POLL_MINUTES
+    for tightest in (1_000.0, 20_000.0, 100_000.0):
+        for rule in (EXCLUDES_ZERO, EXCLUDES_MARGIN):
+            params = GateParameters(alpha=0.01, tightest_at=tightest, fail_rule=rule)
+            same = run_rollouts(FRAUD_BEFORE, FRAUD_BEFORE, 30_000, 0.10, polls, paths, params, seed=5)
+            seed = run_rollouts(FRAUD_BEFORE, FRAUD_AFTER, 30_000, 0.10, polls, paths, params, seed=6)
+            print(
+                f"{tightest:>11,.0f} {rule:>15} {same.verdicts(polls)[0]:>16.4f} {seed.verdicts(polls)[0]:>11.3f} "
+                f"{seed.median_hours(seed.first_fail, seed.first_pass):>14.1f}h"
+            )
 
 
 def _single_look(

@@ -179,9 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "keep it the same on every poll of a rollout",
     )
     gate.add_argument("--window", type=_duration, default=None, help=argparse.SUPPRESS)  # replaced by --since
-    gate.add_argument(
-        "--at", type=_timestamp, default=None, help="judge as of this instant (ISO 8601)"
-    )
+    gate.add_argument("--at", type=_timestamp, default=None, help="judge as of this instant (ISO 8601)")
     gate.add_argument("--format", choices=["text", "json"], default="text")
 
     report = sub.add_parser("report", help="error-analysis report of one monitor (text, html or json)")

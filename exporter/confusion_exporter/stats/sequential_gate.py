@@ -173,7 +173,14 @@ def rate_bounds(
     testable = (n_c > 0) & (n_s > 0)
     nc, ns = np.maximum(n_c, 1.0), np.maximum(n_s, 1.0)
     p_c, p_s = x_c / nc, x_s / ns
-    v_c, v_s = _rate_variance(x_c, n_c), _rate_variance(x_s, n_s)
+    # Each version's variance is at least the pooled one's: a canary with few trials whose
+    # count came out low by chance would otherwise get a small variance from that very luck
+    # and a CS too narrow on that side (measured: 5.8% of paths at alpha 5% with a 5%
+    # canary, in its first looks). Under no change the pooled rate is the better estimate of
+    # both; under a change this is only wider, never narrower.
+    pooled = _rate_variance(x_c + x_s, n_c + n_s)
+    v_c = np.maximum(_rate_variance(x_c, n_c), pooled)
+    v_s = np.maximum(_rate_variance(x_s, n_s), pooled)
     half = boundary(n_c + n_s, alpha, params.tightest_at) * np.sqrt(v_c / nc + v_s / ns)
     d_low, d_high = p_c - p_s - half, p_c - p_s + half
     q_low, q_high = fieller(p_c, v_c, nc, p_s, v_s, ns, alpha, params.tightest_at)
@@ -239,8 +246,13 @@ def cost_bounds(
 ) -> CostBounds:
     """``stable`` and ``canary``: (..., K, K) matrices in the same class order as ``cost``."""
     cost = np.asarray(cost, np.float64)
-    n_s, m_s, v_s = _cost_moments(np.asarray(stable, np.float64), cost)
-    n_c, m_c, v_c = _cost_moments(np.asarray(canary, np.float64), cost)
+    stable_f, canary_f = np.asarray(stable, np.float64), np.asarray(canary, np.float64)
+    n_s, m_s, v_s = _cost_moments(stable_f, cost)
+    n_c, m_c, v_c = _cost_moments(canary_f, cost)
+    # At least the pooled variance, as for the rates (a canary that has not yet seen its
+    # first costly error would otherwise be judged as if it knew it had none).
+    pooled = _cost_moments(stable_f + canary_f, cost)[2]
+    v_s, v_c = np.maximum(v_s, pooled), np.maximum(v_c, pooled)
     testable = (n_s >= 2) & (n_c >= 2)
     ns, nc = np.maximum(n_s, 1.0), np.maximum(n_c, 1.0)
     low, high = fieller(m_c, v_c, nc, m_s, v_s, ns, params.cost_alpha, params.tightest_at)
