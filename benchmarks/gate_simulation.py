@@ -195,7 +195,7 @@ def polling_study(paths: int) -> None:
     )
     print(
         f"{'change':>9} {'alpha':>6} {'labels/h':>9} {'canary':>7} {'horizon':>8} {'fail':>6} {'pass':>6} "
-        f"{'wait':>6} {'median to fail':>15} {'median to pass':>15}"
+        f"{'wait':>6} {'fail <= 2 h':>12} {'median to fail':>15} {'median to pass':>15}"
     )
     for name, canary in (("identical", FRAUD_BEFORE), ("seed +15%", FRAUD_AFTER)):
         for alpha in (0.01, 0.001):
@@ -213,6 +213,7 @@ def polling_study(paths: int) -> None:
                 fail, passed, wait = r.verdicts(polls)
                 print(
                     f"{name:>9} {alpha:>6g} {rate:>9,} {share:>7.0%} {hours:>7}h {fail:>6.3f} {passed:>6.3f} {wait:>6.3f} "
+                    f"{r.verdicts(ROLLOUT_POLLS)[0]:>12.3f} "
                     f"{r.median_hours(r.first_fail, r.first_pass):>14.1f}h {r.median_hours(r.first_pass, r.first_fail):>14.1f}h"
                 )
 

@@ -240,8 +240,8 @@ def copy_stream(
     model: str = "fraud",
 ) -> None:
     """Seeded traffic from START for ``hours``: each version takes its share of ``per_hour``
-    labeled predictions; ``confusion[version]`` is P(predicted = classes[1] | true class) for
-    each true class (K = 2). Written with COPY: a rollout's volume in a second or two."""
+    labeled predictions; ``confusion[version]`` is the error rate of each true class, P(predicted
+    as the other class | true class) (K = 2). Written with COPY: a rollout's volume in a second or two."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     for version, share in versions.items():
@@ -249,7 +249,7 @@ def copy_stream(
         seconds = np.sort(rng.uniform(0, hours * 3600, n))
         truth = rng.choice(len(classes), size=n, p=priors)
         flips = rng.random(n) < np.asarray(confusion[version])[truth]
-        predicted = np.where(flips, 1 - truth, truth) if len(classes) == 2 else truth
+        predicted = np.where(flips, 1 - truth, truth)
         for second, t, p in zip(seconds, truth, predicted, strict=True):
             ts = (START + timedelta(seconds=float(second))).isoformat()
             writer.writerow([model, version, ts, classes[p], classes[t]])
@@ -341,7 +341,7 @@ def test_the_seed_incident_fails_and_names_the_cell(cli, tmp_path, admin_engine,
         rng,
         ["legit", "fraud"],
         [0.98, 0.02],
-        {"stable": [0.03, 0.82], "seeded": [0.0345, 0.82]},
+        {"stable": [0.03, 0.18], "seeded": [0.0345, 0.18]},
         {"stable": 0.5, "seeded": 0.5},
         per_hour=30_000,
         hours=8,
