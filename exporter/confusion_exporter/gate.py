@@ -48,6 +48,8 @@ EXIT_CODES = {PASS: 0, FAIL: 1, WAIT: 3}
 # A cell's standing in the error-rate rule.
 HARMFUL, WITHIN, UNDECIDED = "harmful", "within_margin", "undecided"
 SHOWN_CELLS = 3  # cells a reason names at most
+# How far back the default start is looked for: a rollout polled for longer gives --since.
+START_LOOKBACK = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -193,8 +195,10 @@ def gate_monitor(config: Config, name: str, stable: str, window: timedelta) -> M
 def first_prediction(
     connection: Connection, config: Config, monitor: MonitorConfig, version: str, now: datetime
 ) -> datetime | None:
-    """The default start: the version's first prediction at or before ``now`` (a fact of the
-    data, so every poll of a rollout finds the same one)."""
+    """The default start: the version's first prediction at or before ``now`` within
+    START_LOOKBACK (a fact of the data, so every poll of a rollout finds the same one). The
+    lower bound keeps the query an index range on the time column: unbounded, a table of
+    years would be read from its oldest row to find a canary of this morning."""
     source = config.source(monitor.source)
     cols = source.columns
     if cols.version is None:
@@ -205,7 +209,7 @@ def first_prediction(
         table.c[cols.model] == sa.bindparam("model", monitor.model),
         sa.cast(table.c[cols.version], sa.Text) == sa.bindparam("version", version),
         predicted_at <= sa.bindparam("now", now),
-        predicted_at != sa.literal_column("'-infinity'"),
+        predicted_at >= sa.bindparam("earliest", now - START_LOOKBACK),
     )
     value = connection.execute(query).scalar()
     return value if isinstance(value, datetime) else None
@@ -407,14 +411,14 @@ def run_gate(
             if since is None
             else f"the start {since.isoformat()} is not before {end.isoformat()}"
         )
-        start = since.isoformat() if since is not None else ""
+        shown = since.isoformat() if since is not None else ""
         return GateReport(
             **report,  # type: ignore[arg-type]
-            window_start=start,
+            window_start=shown,
             window_end=end.isoformat(),
             verdict=WAIT,
             segments=[_waiting(ALL, why)],
-            since=start,
+            since=shown,
             since_source=source,
         )
     # Counted from the start of the bucket holding ``since`` (windows are whole buckets): the
