@@ -380,17 +380,24 @@ def run_gate(
     stable: str,
     canary: str,
     now: datetime,
-    since: datetime | None = None,
+    window: timedelta | None = None,
     min_samples: int | None = None,
+    *,
+    since: datetime | None = None,
     historical: bool = False,
 ) -> GateReport:
     """Judge ``canary`` against ``stable`` on the labeled predictions from ``since`` (default:
-    the canary's first prediction) to ``now``. ``historical`` (``--at``): as the data stood
-    at ``now``, labels that arrived later not counted (where the source has ``labeled_at``)."""
+    the canary's first prediction) to ``now``. ``window`` instead counts the span of that
+    length ending at ``now`` (one look for in-process callers; the CLI refuses it, because a
+    span that slides with every poll is a new test each time). ``historical``: as the data
+    stood at ``now``, labels that arrived later not counted (where the source has
+    ``labeled_at``)."""
     configured = config.monitor(name)
     params = gate_parameters(configured)
     end = bucket_end(now, config.exporter.bucket) - configured.label_delay
     source = "--since"
+    if since is None and window is not None:
+        since, source = end - window, f"a window of {window}"
     if since is None:
         since = first_prediction(connection, config, configured, canary, now)
         source = "the canary's first prediction"
