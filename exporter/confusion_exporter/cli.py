@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gate = sub.add_parser(
         "gate",
-        help="deployment gate: canary vs stable version on the same window; exit 0 pass, 1 fail, 3 wait",
+        help="sequential deployment gate: canary vs stable since the rollout's start; exit 0 pass, 1 fail, "
+        "3 wait (poll it as often as you like)",
     )
     _config_arg(gate)
     gate.add_argument("--monitor", required=True, help="monitor name (as in /metrics)")
@@ -181,8 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--current", required=True, help="the canary version, as version:NAME")
     gate.add_argument("--min-samples", type=int, default=None, help="labeled predictions each version needs")
     gate.add_argument(
-        "--window", type=_duration, default=None, help="span to compare (default: the monitor's)"
+        "--since",
+        type=_timestamp,
+        default=None,
+        help="count both versions from here (ISO 8601; default: the canary's first prediction); "
+        "keep it the same on every poll of a rollout",
     )
+    gate.add_argument("--window", type=_duration, default=None, help=argparse.SUPPRESS)  # replaced by --since
     gate.add_argument("--at", type=_timestamp, default=None, help="judge as of this instant (ISO 8601)")
     gate.add_argument("--format", choices=["text", "json"], default="text")
 
@@ -333,6 +339,20 @@ def cmd_gate(args: argparse.Namespace) -> int:
     canary = parse_version_selector("--current", args.current)
     if args.min_samples is not None and args.min_samples < 1:
         raise ConfigError(["--min-samples: must be at least 1"])
+    if args.window is not None:
+        # A window that slides with every poll would make each poll a new test: the gate's
+        # confidence sequences need the span to grow from one start.
+        raise ConfigError(
+            [
+                "--window: the gate is sequential and counts from one start; use --since TIMESTAMP "
+                "(default: the canary's first prediction) instead"
+            ]
+        )
+    now = args.at or _now()
+    if args.since is not None and args.since >= now:
+        raise ConfigError(
+            [f"--since: {args.since.isoformat()} is not before {now.isoformat()}; give the rollout's start"]
+        )
     engine = _reader(config)
     try:
         with engine.connect() as connection:
@@ -342,9 +362,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
                 args.monitor,
                 stable,
                 canary,
-                args.at or _now(),
-                args.window,
-                args.min_samples,
+                now,
+                since=args.since,
+                min_samples=args.min_samples,
             )
     finally:
         engine.dispose()
