@@ -192,6 +192,25 @@ def test_the_effect_filter_changes_no_decision():
     assert (fast.p_value == 1.0).mean() > 0.2  # skipped: the point of the filter
 
 
+def test_an_offset_reference_is_the_window_a_day_earlier():
+    """With ``offset``, each evaluation compares the last hour with the same hour a day
+    earlier: equal to the exact test on windows sliced by hand."""
+    rng = np.random.default_rng(9)
+    model = structured_classifier(3)
+    m = np.arange(1500 + 120)
+    counts = simulate_counts(
+        rng, seasonal_rate(3000)(m), seasonal_priors_at(model.priors, m), model.confusion[None], 0 * m
+    )
+    params = ShiftParameters(alpha=0.01, min_effect=0.0, min_samples=1, monte_carlo_samples=99)
+    ev = evaluate_stream(counts, 60, 1440, 0, 40, params, offset=1440)
+    assert list(ev.minutes) == [1500, 1540, 1580, 1620]
+    for minute, p, effect in zip(ev.minutes, ev.p_value, ev.effect, strict=True):
+        ref = counts[minute - 1500 : minute - 1440].sum(axis=0)
+        cur = counts[minute - 60 : minute].sum(axis=0)
+        result, _, _ = error_pattern_test(ref, cur, ("0", "1", "2"), params)
+        assert (p, effect) == (result.p_value, result.effect_size)
+
+
 def test_the_page_as_a_whole_joins_overlapping_pages():
     """firing replays episodes step by step; the union of two alerts' firing series pages once
     where their pages overlap, and once per separate page elsewhere."""

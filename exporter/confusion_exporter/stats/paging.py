@@ -222,6 +222,7 @@ def evaluate_stream(
     params: ShiftParameters,
     stop: Callable[[float, float, int, int], bool] | None = None,
     skip_effect_below: float | None = None,
+    offset: int | None = None,
 ) -> Evaluations:
     """The error-pattern test every ``step`` minutes from ``start``: the last ``window``
     minutes against the ``reference`` minutes before them (a trailing reference).
@@ -232,18 +233,24 @@ def evaluate_stream(
     ``skip_effect_below``: where the effect size (:func:`error_pattern_effects`) is below it,
     the exact test is not run and p is recorded as 1.0: decisions with ``min_effect`` at
     least this value are unchanged (the effect alone rules ``shift`` out), and a month of
-    no-change evaluations at a large rate costs seconds instead of minutes."""
+    no-change evaluations at a large rate costs seconds instead of minutes.
+
+    ``offset``: the reference is the current window shifted back by this many minutes (the
+    product's ``offset`` reference, e.g. a day for a daily cycle) instead of the trailing
+    ``reference`` minutes."""
     k = stream.shape[1]
     classes = tuple(str(i) for i in range(k))
     cumulative = np.concatenate([np.zeros((1, k, k), np.int64), np.cumsum(stream, axis=0)])
-    at = np.arange(max(start, window + reference), stream.shape[0] + 1, step)
+    # The reference of an evaluation at minute m: [ref_end - ref_length, ref_end).
+    ref_back, ref_length = (window, reference) if offset is None else (offset, window)
+    at = np.arange(max(start, ref_back + ref_length), stream.shape[0] + 1, step)
     p, effect, n_ref, n_cur = (np.empty(len(at)) for _ in range(4))
     skip = np.zeros(len(at), bool)
     if skip_effect_below is not None:
         for lo in range(0, len(at), MINUTES_PER_DAY):  # a day at a time: bounded memory
             m = at[lo : lo + MINUTES_PER_DAY]
             cur_all = cumulative[m] - cumulative[m - window]
-            ref_all = cumulative[m - window] - cumulative[m - window - reference]
+            ref_all = cumulative[m - ref_back] - cumulative[m - ref_back - ref_length]
             effects = error_pattern_effects(ref_all, cur_all, params.min_row_samples)
             chunk = effects < skip_effect_below - EFFECT_FILTER_MARGIN
             skip[lo : lo + len(m)] = chunk
@@ -254,7 +261,7 @@ def evaluate_stream(
     for i, minute in enumerate(at):
         if not skip[i]:
             current = cumulative[minute] - cumulative[minute - window]
-            ref = cumulative[minute - window] - cumulative[minute - window - reference]
+            ref = cumulative[minute - ref_back] - cumulative[minute - ref_back - ref_length]
             result, _, _ = error_pattern_test(ref, current, classes, params)
             p[i], effect[i], n_ref[i], n_cur[i] = (
                 result.p_value,
