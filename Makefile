@@ -54,7 +54,7 @@ bench: install tools ## benchmarks that print figures (about 6 min; 10M rows and
 	$(BIN)/python benchmarks/scrape_load.py
 	$(BIN)/python benchmarks/rollup_benchmark.py --rows 1000000 --repeat 3
 
-study: install ## issue 15's study: false pages and delays of the whole shift page (about 30 min on 2 cores)
+study: install ## issue 15's study: false pages and delays of the whole shift page (about 25-45 min on 2 cores; docs/statistics.md)
 	$(BIN)/python benchmarks/false_pages.py --whole-page --months 4 --reps 12
 
 demo: install ## run the product without Docker: embedded Postgres, simulator, exporter on :9745
