@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools test soak lint format grafana demo bench clean
+.PHONY: help install tools test soak lint format grafana demo bench study clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ bench: install tools ## benchmarks that print figures (about 6 min; 10M rows and
 	$(BIN)/python benchmarks/live_rss.py
 	$(BIN)/python benchmarks/scrape_load.py
 	$(BIN)/python benchmarks/rollup_benchmark.py --rows 1000000 --repeat 3
+
+study: install ## issue 15's study: false pages and delays of the whole shift page (about 25-45 min on 2 cores; docs/statistics.md)
+	$(BIN)/python benchmarks/false_pages.py --whole-page --months 4 --reps 12
 
 demo: install ## run the product without Docker: embedded Postgres, simulator, exporter on :9745
 	$(BIN)/confusion-exporter demo

@@ -11,13 +11,19 @@ import pytest
 import yaml
 
 from confusion_exporter.stats.paging import (
+    SEQUENTIAL_PAGE,
     AlertRule,
     episodes,
+    error_pattern_effects,
     evaluate_stream,
+    firing,
+    onsets,
+    seasonal_priors_at,
     seasonal_rate,
+    simulate_counts,
     simulate_stream,
 )
-from confusion_exporter.stats.shift import ShiftParameters
+from confusion_exporter.stats.shift import ShiftParameters, error_pattern_test
 from confusion_exporter.stats.simulation import structured_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,3 +119,106 @@ def test_no_change_stream_rarely_decides_shift_and_never_pages_in_a_day():
     assert len(decided) == 289
     assert decided.mean() < 0.02
     assert not episodes(decided, AlertRule(6, 6))  # 30 minutes at a 5-minute step
+
+
+def test_vectorised_stream_has_the_loops_law():
+    """simulate_counts draws what simulate_stream draws: per regime, the counts of each cell
+    over 20,000 minutes are within 4 standard deviations of their expectation (computed here
+    from the rate, the mix and the confusion, not by the product's code), and regimes switch
+    exactly where asked."""
+    rng = np.random.default_rng(7)
+    minutes = np.arange(20_000)
+    rate = 30 * (1 + 0.5 * np.sin(2 * np.pi * minutes / 1440))
+    priors = np.tile([0.7, 0.2, 0.1], (len(minutes), 1))
+    priors[minutes % 1440 < 360] = [0.5, 0.3, 0.2]
+    confusions = np.array(
+        [
+            [[0.9, 0.08, 0.02], [0.1, 0.85, 0.05], [0.2, 0.1, 0.7]],
+            [[0.6, 0.3, 0.1], [0.3, 0.6, 0.1], [0.0, 0.0, 1.0]],
+        ]
+    )
+    regime = (minutes >= 12_345).astype(np.int64)
+    counts = simulate_counts(rng, rate, priors, confusions, regime)
+    assert counts.shape == (20_000, 3, 3)
+    assert counts[12_345:, 2, :2].sum() == 0  # the second regime never errs on class 2
+    for g in (0, 1):
+        rows = regime == g
+        expected = np.einsum("m,mi,ij->ij", rate[rows], priors[rows], confusions[g])
+        observed = counts[rows].sum(axis=0)
+        z = (observed - expected) / np.sqrt(np.maximum(expected, 1e-12))
+        assert np.abs(z).max() < 4, z
+
+
+def test_effect_filter_is_the_exact_tests_effect():
+    """error_pattern_effects equals error_pattern_test's effect size table by table (random
+    tables with empty cells, empty rows and rows under min_row_samples)."""
+    rng = np.random.default_rng(11)
+    # The effect does not depend on the p-value: a small Monte Carlo budget keeps this fast.
+    params = ShiftParameters(alpha=0.5, min_effect=0.0, min_samples=1, monte_carlo_samples=99)
+    refs, curs = [], []
+    for _ in range(200):
+        k = 3
+        ref = rng.poisson(rng.choice([0.5, 5, 50], size=(k, k)))
+        cur = rng.poisson(rng.choice([0.5, 5, 50], size=(k, k)))
+        refs.append(ref)
+        curs.append(cur)
+    effects = error_pattern_effects(np.array(refs), np.array(curs), params.min_row_samples)
+    for ref, cur, got in zip(refs, curs, effects, strict=True):
+        result, _, _ = error_pattern_test(ref, cur, ("a", "b", "c"), params)
+        assert abs(got - result.effect_size) < 1e-12
+
+
+def test_the_effect_filter_changes_no_decision():
+    """With skip_effect_below = min_effect, the decisions of a no-change and a changed stream
+    are those of the exact test at every evaluation, while a share of the exact tests is skipped."""
+    rng = np.random.default_rng(5)
+    before = structured_classifier(3)
+    after = structured_classifier(3, accuracy=0.8)
+    m = np.arange(1560 + 720)
+    counts = simulate_counts(
+        rng,
+        seasonal_rate(3000)(m),
+        seasonal_priors_at(before.priors, m),
+        np.stack([before.confusion, after.confusion]),
+        (m >= 1560 + 360).astype(np.int64),
+    )
+    params = ShiftParameters(alpha=0.001, min_effect=0.0, min_samples=1)
+    exact = evaluate_stream(counts, 60, 1440, 1560, 7, params)
+    fast = evaluate_stream(counts, 60, 1440, 1560, 7, params, skip_effect_below=0.03)
+    for min_effect in (0.03, 0.05):
+        decided = exact.decisions(0.001, min_effect, 200)
+        assert np.array_equal(decided, fast.decisions(0.001, min_effect, 200))
+    assert decided.any() and not decided.all()
+    assert (fast.p_value == 1.0).mean() > 0.2  # skipped: the point of the filter
+
+
+def test_an_offset_reference_is_the_window_a_day_earlier():
+    """With ``offset``, each evaluation compares the last hour with the same hour a day
+    earlier: equal to the exact test on windows sliced by hand."""
+    rng = np.random.default_rng(9)
+    model = structured_classifier(3)
+    m = np.arange(1500 + 120)
+    counts = simulate_counts(
+        rng, seasonal_rate(3000)(m), seasonal_priors_at(model.priors, m), model.confusion[None], 0 * m
+    )
+    params = ShiftParameters(alpha=0.01, min_effect=0.0, min_samples=1, monte_carlo_samples=99)
+    ev = evaluate_stream(counts, 60, 1440, 0, 40, params, offset=1440)
+    assert list(ev.minutes) == [1500, 1540, 1580, 1620]
+    for minute, p, effect in zip(ev.minutes, ev.p_value, ev.effect, strict=True):
+        ref = counts[minute - 1500 : minute - 1440].sum(axis=0)
+        cur = counts[minute - 60 : minute].sum(axis=0)
+        result, _, _ = error_pattern_test(ref, cur, ("0", "1", "2"), params)
+        assert (p, effect) == (result.p_value, result.effect_size)
+
+
+def test_the_page_as_a_whole_joins_overlapping_pages():
+    """firing replays episodes step by step; the union of two alerts' firing series pages once
+    where their pages overlap, and once per separate page elsewhere."""
+    window = [False] * 5 + [True] * 40 + [False] * 100
+    sequential = [False] * 20 + [True] * 3 + [False] * 80 + [True] * 2 + [False] * 40
+    w = firing(window, AlertRule(30, 30))
+    s = firing(sequential, SEQUENTIAL_PAGE)
+    assert list(np.flatnonzero(w)[[0, -1]]) == [35, 74]  # fires after `for`, kept 30 steps
+    assert list(np.flatnonzero(s[:100])[[0, -1]]) == [20, 37]  # no `for`, kept 15 steps
+    assert list(onsets(w)) == [35] and list(onsets(s)) == [20, 103]
+    assert list(onsets(w | s)) == [20, 103]  # the overlap is one page (the sequential layer first)

@@ -39,6 +39,10 @@ class AlertRule:
 SHIFT_PAGE = AlertRule(for_steps=30, keep_firing_steps=30)
 SHIFT_PAGE_ALPHA = 0.001
 SHIFT_PAGE_MIN_EFFECT = 0.03
+# The sequential layer's page (ConfusionSequentialShift: ``confusion_sequential_shifted == 1``):
+# no ``for`` (the CUSUM's threshold already demands persistent evidence; the detector latches),
+# and ``keep_firing_for: 15m`` so that a latch re-entered within 15 minutes is the same page.
+SEQUENTIAL_PAGE = AlertRule(for_steps=0, keep_firing_steps=15)
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,22 @@ def episodes(active: Sequence[bool], rule: AlertRule) -> list[Episode]:
             out[-1] = Episode(firing_since, step)
             firing_since = active_since = inactive_since = None
     return out
+
+
+def firing(active: Sequence[bool], rule: AlertRule) -> NDArray[np.bool_]:
+    """Per step, whether the alert is firing (the replay of :func:`episodes`)."""
+    out = np.zeros(len(active), bool)
+    for episode in episodes(active, rule):
+        out[episode.fired : len(active) if episode.resolved is None else episode.resolved] = True
+    return out
+
+
+def onsets(firing_steps: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """The steps at which a firing series starts firing: one page each. For several alerts
+    joined (the page as a whole), pass their firing series OR-ed: overlapping pages of two
+    alerts are one page."""
+    f = np.asarray(firing_steps, bool)
+    return np.flatnonzero(f & ~np.concatenate([[False], f[:-1]]))
 
 
 @dataclass(frozen=True)
@@ -134,6 +154,65 @@ def simulate_stream(
     return out
 
 
+def seasonal_priors_at(
+    priors: NDArray[np.float64], minutes: NDArray[np.int64], amplitude: float = 0.3
+) -> NDArray[np.float64]:
+    """:func:`seasonal_priors` for many minutes at once, (minutes, K)."""
+    k = len(priors)
+    phase = 2 * np.pi * (np.asarray(minutes)[:, None] / MINUTES_PER_DAY + np.arange(k)[None, :] / k)
+    mixed = priors[None, :] * (1 + amplitude * np.sin(phase))
+    return mixed / mixed.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def simulate_counts(
+    rng: np.random.Generator,
+    expected: NDArray[np.float64],
+    priors: NDArray[np.float64],
+    confusions: NDArray[np.float64],
+    regime: NDArray[np.int64],
+) -> NDArray[np.int64]:
+    """Vectorised :func:`simulate_stream`: per minute, Poisson(``expected[m]``) labeled
+    predictions, their true classes multinomial over ``priors[m]`` (minutes, K), their
+    predictions multinomial over the rows of ``confusions[regime[m]]`` (one K x K matrix per
+    regime: before / after a change, day / night). The same law as the per-minute loop, a
+    hundred times faster: one draw per class and regime instead of one per minute."""
+    minutes, k = priors.shape
+    n = rng.poisson(expected)
+    support = rng.multinomial(n, priors)
+    out = np.zeros((minutes, k, k), np.int64)
+    for g in np.unique(regime):
+        rows = np.flatnonzero(regime == g)
+        for i in range(k):
+            out[rows, i] = rng.multinomial(support[rows, i], confusions[g, i])
+    return out
+
+
+def error_pattern_effects(
+    reference: NDArray[np.int64], current: NDArray[np.int64], min_row_samples: int
+) -> NDArray[np.float64]:
+    """The error-pattern test's effect size (the largest per-true-class balanced Cramér's V
+    among rows with enough samples, as :func:`stats.shift.error_pattern_test` computes it) for
+    many (reference, current) pairs at once, (T, K, K) each. It decides nothing by itself: a
+    study uses it to skip the exact test where the effect alone already rules ``shift`` out."""
+    ref = np.asarray(reference, np.float64)
+    cur = np.asarray(current, np.float64)
+    n_ref, n_cur = ref.sum(axis=2), cur.sum(axis=2)
+    keep = (ref + cur) > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = ref / n_ref[..., None]
+        q = cur / n_cur[..., None]
+        terms = np.where(keep, (p - q) ** 2 / ((p + q) / 2), 0.0)
+        columns = keep.sum(axis=2)
+        corrected = terms.sum(axis=2) - (columns - 1) * (1 / n_ref + 1 / n_cur)
+    v = np.sqrt(np.maximum(0.0, np.nan_to_num(corrected)) / 4)
+    eligible = (columns >= 2) & (np.minimum(n_ref, n_cur) >= max(1, min_row_samples))
+    return np.where(eligible, v, 0.0).max(axis=1)  # type: ignore[no-any-return]
+
+
+# The effect filter's margin: summation order differs from the exact test's by ~1e-16.
+EFFECT_FILTER_MARGIN = 1e-9
+
+
 def evaluate_stream(
     stream: NDArray[np.int64],
     window: int,
@@ -142,27 +221,54 @@ def evaluate_stream(
     step: int,
     params: ShiftParameters,
     stop: Callable[[float, float, int, int], bool] | None = None,
+    skip_effect_below: float | None = None,
+    offset: int | None = None,
 ) -> Evaluations:
     """The error-pattern test every ``step`` minutes from ``start``: the last ``window``
     minutes against the ``reference`` minutes before them (a trailing reference).
 
     ``stop(p, effect, n_reference, n_current)`` ends the run early once it returns True (a
-    detection study needs the stream only up to the page)."""
+    detection study needs the stream only up to the page).
+
+    ``skip_effect_below``: where the effect size (:func:`error_pattern_effects`) is below it,
+    the exact test is not run and p is recorded as 1.0: decisions with ``min_effect`` at
+    least this value are unchanged (the effect alone rules ``shift`` out), and a month of
+    no-change evaluations at a large rate costs seconds instead of minutes.
+
+    ``offset``: the reference is the current window shifted back by this many minutes (the
+    product's ``offset`` reference, e.g. a day for a daily cycle) instead of the trailing
+    ``reference`` minutes."""
     k = stream.shape[1]
     classes = tuple(str(i) for i in range(k))
     cumulative = np.concatenate([np.zeros((1, k, k), np.int64), np.cumsum(stream, axis=0)])
-    at = np.arange(max(start, window + reference), stream.shape[0] + 1, step)
+    # The reference of an evaluation at minute m: [ref_end - ref_length, ref_end).
+    ref_back, ref_length = (window, reference) if offset is None else (offset, window)
+    at = np.arange(max(start, ref_back + ref_length), stream.shape[0] + 1, step)
     p, effect, n_ref, n_cur = (np.empty(len(at)) for _ in range(4))
+    skip = np.zeros(len(at), bool)
+    if skip_effect_below is not None:
+        for lo in range(0, len(at), MINUTES_PER_DAY):  # a day at a time: bounded memory
+            m = at[lo : lo + MINUTES_PER_DAY]
+            cur_all = cumulative[m] - cumulative[m - window]
+            ref_all = cumulative[m - ref_back] - cumulative[m - ref_back - ref_length]
+            effects = error_pattern_effects(ref_all, cur_all, params.min_row_samples)
+            chunk = effects < skip_effect_below - EFFECT_FILTER_MARGIN
+            skip[lo : lo + len(m)] = chunk
+            effect[lo : lo + len(m)] = effects
+            p[lo : lo + len(m)] = 1.0
+            n_ref[lo : lo + len(m)] = ref_all.sum(axis=(1, 2))
+            n_cur[lo : lo + len(m)] = cur_all.sum(axis=(1, 2))
     for i, minute in enumerate(at):
-        current = cumulative[minute] - cumulative[minute - window]
-        ref = cumulative[minute - window] - cumulative[minute - window - reference]
-        result, _, _ = error_pattern_test(ref, current, classes, params)
-        p[i], effect[i], n_ref[i], n_cur[i] = (
-            result.p_value,
-            result.effect_size,
-            result.n_reference,
-            result.n_current,
-        )
+        if not skip[i]:
+            current = cumulative[minute] - cumulative[minute - window]
+            ref = cumulative[minute - ref_back] - cumulative[minute - ref_back - ref_length]
+            result, _, _ = error_pattern_test(ref, current, classes, params)
+            p[i], effect[i], n_ref[i], n_cur[i] = (
+                result.p_value,
+                result.effect_size,
+                result.n_reference,
+                result.n_current,
+            )
         if stop is not None and stop(p[i], effect[i], int(n_ref[i]), int(n_cur[i])):
             end = i + 1
             return Evaluations(
