@@ -288,7 +288,7 @@ def report(results: list[tuple[tuple[str, int, int, int], Evaluations, int]], ho
 # ---------------------------------------------------------------------------------------------
 # The page as a whole (issue 15's Targets): the window tests' page (ConfusionErrorPatternShift,
 # replayed with its shipped for/keep_firing_for) OR the sequential layer's
-# (ConfusionSequentialShift: the detector's latch, no `for`, keep_firing_for 15m). A page is an
+# (ConfusionErrorRateShift: the detector's latch, no `for`, keep_firing_for 15m). A page is an
 # onset of the two alerts' union (overlapping pages of the two are one page); each layer's own
 # onsets are counted too. Streams: the window study's daily seasonality in volume (+-50%) and
 # class mix (+-30% per class), and a daily cycle in the error rates themselves: the first

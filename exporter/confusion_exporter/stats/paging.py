@@ -39,7 +39,7 @@ class AlertRule:
 SHIFT_PAGE = AlertRule(for_steps=30, keep_firing_steps=30)
 SHIFT_PAGE_ALPHA = 0.001
 SHIFT_PAGE_MIN_EFFECT = 0.03
-# The sequential layer's page (ConfusionSequentialShift: ``confusion_sequential_shifted == 1``):
+# The sequential layer's page (ConfusionErrorRateShift: ``confusion_sequential_shifted == 1``):
 # no ``for`` (the CUSUM's threshold already demands persistent evidence; the detector latches),
 # and ``keep_firing_for: 15m`` so that a latch re-entered within 15 minutes is the same page.
 SEQUENTIAL_PAGE = AlertRule(for_steps=0, keep_firing_steps=15)
