@@ -257,3 +257,33 @@ def test_a_port_in_use_exits_2_naming_the_key(tmp_path, cli):
     assert result.returncode == 2, result.stderr
     assert f"config error: exporter.port: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("sequential", "expected"),
+    [
+        ("{min_relative_change: -0.1}", "monitors[0].sequential.min_relative_change"),
+        ("{max_history: 3d}", "monitors[0].sequential.max_history: must be at least 15d"),
+        ("{accept_after: soon}", "monitors[0].sequential.accept_after"),
+        ("{origin: 2026-11-01T00:00:00}", "monitors[0].sequential.origin: give a time zone"),
+        ("{max_clases: 5}", "monitors[0].sequential.max_clases"),
+        ("{max_classes: 1}", "monitors[0].sequential.max_classes"),
+    ],
+)
+def test_sequential_mistakes_exit_2_naming_the_key(tmp_path, cli, sequential, expected):
+    path = write(tmp_path, EXAMPLE + f"    sequential: {sequential}\n")
+    result = run_cli(cli, "check-config", "--config", str(path))
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sequential_settings_reach_the_detector(tmp_path):
+    path = write(
+        tmp_path,
+        EXAMPLE
+        + "    sequential: {min_relative_change: 0.2, accept_after: null, false_alarms_per_30_days: 0.5}\n",
+    )
+    params = load_config(path, env={}).monitors[0].sequential.parameters(segments=3)
+    assert (params.min_relative_change, params.accept_after_hours) == (0.2, None)
+    assert (params.false_alarms_per_30_days, params.segments) == (0.5, 3)
