@@ -451,3 +451,64 @@ def test_corrections_after_the_first_label_replay_exactly_on_the_reference_schem
     finally:
         for live in lives.values():
             live.engine.dispose()
+
+
+def test_a_new_block_moves_the_origin_and_the_live_tracker_follows_exactly(admin_engine, exporter_url):
+    """With ``max_history: 15d`` over 24 days of data the origin moves a week at a time. Across
+    those moves the live tracker (advanced every day, the next origin replayed beside it)
+    equals a tracker built from nothing at the same instant; with a budget too small to catch
+    up at once, it keeps publishing from the old origin until the successor has caught up."""
+    table = create_scored_events(admin_engine)
+    rng = np.random.default_rng(3)
+    begin = datetime(2026, 9, 1, tzinfo=UTC)
+    n = 300 * 24 * 24
+    offsets = np.sort(rng.uniform(0, 24 * 86400, n))
+    fraud = rng.random(n) < 0.05
+    predicted = np.where(fraud, rng.random(n) >= 0.2, rng.random(n) < 0.03)
+    rows = []
+    for i in range(n):
+        ts = begin + timedelta(seconds=float(offsets[i]))
+        p, a = ("fraud" if predicted[i] else "legit"), ("fraud" if fraud[i] else "legit")
+        rows.append(("fraud-gbm", "v1", ts, p, a, ts + timedelta(seconds=60), "eu"))
+    copy_rows(admin_engine, table, rows)
+    config = config_for(table, max_history="15d")
+    monitor = config.monitors[0]
+    engine = reader_engine(
+        DatabaseUrl(exporter_url),
+        statement_timeout=timedelta(seconds=20),
+        connect_timeout=timedelta(seconds=5),
+    )
+    try:
+        with engine.connect() as connection:
+            live = SequentialTracker(monitor, config.source("shop"))
+            origins = set()
+            at = begin + timedelta(days=16)
+            while at <= begin + timedelta(days=24):
+                result = live.advance(connection, at)
+                assert result.caught_up
+                fresh = SequentialTracker(monitor, config.source("shop"))
+                assert fresh.advance(connection, at).origin == result.origin
+                assert live.states.keys() == fresh.states.keys()
+                assert all(sq.states_equal(live.states[k], fresh.states[k]) for k in live.states)
+                origins.add(result.origin)
+                at += timedelta(hours=24)
+            assert len(origins) >= 2, "the origin moved with a new block"
+            # A budget of nothing: one read per call, so the old origin stays published a while.
+            slow = SequentialTracker(monitor, config.source("shop"))
+            before = begin + timedelta(days=16)
+            while not slow.advance(connection, before).caught_up:
+                pass
+            old_origin = slow.origin
+            later = before + timedelta(days=7)
+            seen = []
+            for _ in range(100):
+                result = slow.advance(connection, later, budget=timedelta(0))
+                seen.append(result.origin)
+                if result.origin != old_origin and result.caught_up:
+                    break
+            assert seen[0] == old_origin and seen[-1] != old_origin
+            final = SequentialTracker(monitor, config.source("shop"))
+            final.advance(connection, later)
+            assert all(sq.states_equal(slow.states[k], final.states[k]) for k in final.states)
+    finally:
+        engine.dispose()
