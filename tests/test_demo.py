@@ -27,17 +27,27 @@ def test_demo_runs_on_embedded_postgres_and_stops_cleanly(cli, tmp_path):
         env=env,
     )
     try:
+        monitors = (b"digits", b"fraud", b"fraud-canary", b"intents")
+        # Monitors publish side by side, each as it finishes: wait for all four.
         page = wait_until(
             lambda: (
                 (r := http_get(f"http://127.0.0.1:{port}/"))[0] == 200
                 and b"<table class=matrix" in r[1]
+                and all(b"<h2>" + m + b" <small><a class=report" in r[1] for m in monitors)
                 and r[1]
             ),
             timeout=120,
             interval=0.5,
         )
-        for monitor in (b"digits", b"fraud", b"fraud-canary", b"intents"):
-            assert b"<h2>" + monitor + b" <small><a class=report" in page
+        # The sequential layer replays its (short) history and shows on the page.
+        page = wait_until(
+            lambda: (
+                (r := http_get(f"http://127.0.0.1:{port}/"))[1].count(b"<div class=sequential>") == 4 and r[1]
+            ),
+            timeout=60,
+            interval=0.5,
+        )
+        assert b"Small persistent changes" in page
         _, metrics, _ = http_get(f"http://127.0.0.1:{port}/metrics")
         assert b"confusion_matrix_predictions{" in metrics
         assert b"confusion_shift_state{" in metrics

@@ -40,8 +40,9 @@ T = TypeVar("T")
 # catch-up thread folds the rest while the monitors read the source table).
 FOLD_BEFORE_REFRESH_SECONDS = 2.0
 # The most one refresh of a monitor spends replaying its sequential layer (at start, from the
-# origin); the rest continues at the next refresh. Caught up, a refresh reads a few periods.
-SEQUENTIAL_BUDGET = timedelta(seconds=10)
+# origin); the rest continues at the next refresh, so the windows publish at once and the
+# layer follows a few refreshes later. Caught up, a refresh reads a period or none.
+SEQUENTIAL_BUDGET = timedelta(seconds=2)
 
 
 def utc_now() -> datetime:

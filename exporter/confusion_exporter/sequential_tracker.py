@@ -118,7 +118,12 @@ class SequentialTracker:
                 extra={
                     "fields": {
                         "monitor": self.monitor.monitor_name,
-                        "error": type(error).__name__ + timeout_hint(error),
+                        # The driver's first line ("canceling statement due to statement
+                        # timeout"), not the statement or its parameters.
+                        "error": type(error).__name__
+                        + ": "
+                        + str(getattr(error, "orig", None) or "").split("\n", 1)[0]
+                        + timeout_hint(error),
                         "periods_per_query": self.periods_per_query,
                     }
                 },

@@ -131,8 +131,15 @@ def first_labels_query(
     assert source.rollup is not None
     prediction_columns = ("id", "model_name", "segment", "predicted_at", "predicted_class")
     label_columns = ("id", "prediction_id", "true_class", "labeled_at")
-    p = _qualified(source.rollup.predictions, prediction_columns).alias("p")
     lab = _qualified(source.rollup.labels, label_columns).alias("l")
+    predictions = _qualified(source.rollup.predictions, prediction_columns).alias("pp")
+    # One primary-key probe per label (LATERAL): a period's labels are few, the predictions
+    # table is the whole history; a hash join would scan all of it for every read.
+    p = (
+        sa.select(*(predictions.c[c] for c in prediction_columns))
+        .where(predictions.c.id == lab.c.prediction_id)
+        .lateral("p")
+    )
     earlier = _qualified(source.rollup.labels, label_columns).alias("e")
     model = sa.cast(p.c.model_name, sa.Text)
     predicted, actual = sa.cast(p.c.predicted_class, sa.Text), sa.cast(lab.c.true_class, sa.Text)
@@ -154,7 +161,7 @@ def first_labels_query(
         filters.append(p.c.model_name == sa.bindparam("model", monitor.model))
     return (
         _counted(period_number, model, segment, predicted, actual)
-        .select_from(lab.join(p, p.c.id == lab.c.prediction_id))
+        .select_from(lab.join(p, sa.true()))
         .where(*filters)
     )
 
