@@ -416,47 +416,58 @@ def test_corrections_after_the_first_label_replay_exactly_on_the_reference_schem
             env={},
         )
 
-    clocks = {True: [START + timedelta(seconds=t1)], False: [START + timedelta(seconds=t1)]}
-    lives = {r: _refresher(config(r), exporter_url, clocks[r]) for r in (True, False)}
+    # The trackers the live exporter keeps, advanced every 30 minutes as its refreshes do (the
+    # Refresher path is test_restart_and_snapshot_at_equal_the_live_exporter's).
+    engine_ro = reader_engine(
+        DatabaseUrl(exporter_url),
+        statement_timeout=timedelta(seconds=60),
+        connect_timeout=timedelta(seconds=5),
+    )
     try:
-        for live in lives.values():
-            assert live.refresh(), live.health.last_error
-        with engine.begin() as conn:  # the copy set explicit ids; later rows take the next ones
-            conn.execute(
-                sa.text("SELECT setval('inference.labels_id_seq', (SELECT max(id) FROM inference.labels))")
-            )
-        # Corrections arrive now, for 20% of the predictions whose first label the exporter
-        # has already counted: the class flipped, dated in the next six hours.
-        counted = np.flatnonzero((first_at < t1 - 600) & (offsets > 2 * 86400))
-        chosen = rng.choice(counted, size=len(counted) // 5, replace=False)
-        _copy(
-            engine, "inference.labels", "prediction_id, true_class, labeled_at",
-            [
-                f"{i + 1}\t{'legit' if cls[i] == 'fraud' else 'fraud'}\t"
-                f"{(START + timedelta(seconds=t1 + float(rng.uniform(0, 6 * 3600)))).isoformat()}\n"
-                for i in chosen
-            ],
-        )  # fmt: skip
-        for rollup, live in lives.items():
+        with engine_ro.connect() as connection:
+            at = START + timedelta(seconds=t1)
+            lives = {}
+            for rollup in (True, False):
+                c = config(rollup)
+                lives[rollup] = SequentialTracker(c.monitors[0], c.source("ref"))
+                assert lives[rollup].advance(connection, at).caught_up
+            connection.rollback()
+            # Corrections arrive now, for 20% of the predictions whose first label the exporter
+            # has already counted: the class flipped, dated in the next six hours.
+            with engine.begin() as conn:  # the copy set explicit ids; later rows take the next ones
+                conn.execute(
+                    sa.text(
+                        "SELECT setval('inference.labels_id_seq', (SELECT max(id) FROM inference.labels))"
+                    )
+                )
+            counted = np.flatnonzero((first_at < t1 - 600) & (offsets > 2 * 86400))
+            chosen = rng.choice(counted, size=len(counted) // 5, replace=False)
+            _copy(
+                engine, "inference.labels", "prediction_id, true_class, labeled_at",
+                [
+                    f"{i + 1}\t{'legit' if cls[i] == 'fraud' else 'fraud'}\t"
+                    f"{(START + timedelta(seconds=t1 + float(rng.uniform(0, 6 * 3600)))).isoformat()}\n"
+                    for i in chosen
+                ],
+            )  # fmt: skip
             for _ in range(16):
-                clocks[rollup][0] += timedelta(minutes=30)
-                assert live.refresh(), live.health.last_error
-        matches = {}
-        for rollup, live in lives.items():
-            replay = _refresher(config(rollup), exporter_url, [clocks[rollup][0]], historical=True)
-            try:
-                assert replay.refresh(), replay.health.last_error
-                ours, theirs = live._trackers["fraud"].states, replay._trackers["fraud"].states
-                assert ours.keys() == theirs.keys() == {("fraud-gbm", "eu")}
-                matches[rollup] = all(sq.states_equal(ours[k], theirs[k]) for k in ours)
+                at += timedelta(minutes=30)
+                for live in lives.values():
+                    assert live.advance(connection, at).caught_up
+                connection.rollback()  # a new transaction per refresh, as the exporter's
+            matches = {}
+            for rollup, live in lives.items():
+                c = config(rollup)
+                replay = SequentialTracker(c.monitors[0], c.source("ref"))
+                result = replay.advance(connection, at)
+                assert result.caught_up
+                assert live.states.keys() == replay.states.keys() == {("fraud-gbm", "eu")}
+                matches[rollup] = all(sq.states_equal(live.states[k], replay.states[k]) for k in live.states)
                 if rollup:
-                    assert _sequential_lines(replay) == _sequential_lines(live)
-            finally:
-                replay.engine.dispose()
-        assert matches == {True: True, False: False}
+                    assert result.slices == live.slices()
+            assert matches == {True: True, False: False}
     finally:
-        for live in lives.values():
-            live.engine.dispose()
+        engine_ro.dispose()
 
 
 def test_a_new_block_moves_the_origin_and_the_live_tracker_follows_exactly(admin_engine, exporter_url):

@@ -71,6 +71,7 @@ class SequentialTracker:
     # replaces this one once caught up, so a new block costs no gap in what is published.
     successor: SequentialTracker | None = None
     periods_per_query: int = PERIODS_PER_QUERY  # halved after a statement timeout
+    last_slices: tuple[SequentialSlice, ...] = ()  # the last caught-up reading
     period_seconds: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -129,7 +130,11 @@ class SequentialTracker:
                 },
             )
             period_end = None if self.next_period is None else _utc(self.next_period * self.period_seconds)
-            return SequentialResult(self.origin, period_end, caught_up=False)
+            # The last caught-up reading stays published (caught_up 0 says it is not fresh): a
+            # page must not resolve because one read failed.
+            return SequentialResult(self.origin, period_end, caught_up=False, slices=self.last_slices)
+        if result.caught_up:
+            self.last_slices = result.slices
         return result
 
     def _advance(self, connection: Connection, now: datetime, budget: timedelta | None) -> SequentialResult:
