@@ -92,23 +92,25 @@ def copy_rows(engine: sa.Engine, table: str, rows: list[tuple]) -> None:  # type
 
 
 def config_for(table: str, **sequential: object) -> Config:
-    return config_from_mapping(
-        {
-            "sources": [{"name": "shop", "table": table, "columns": COLUMNS}],
-            "monitors": [
-                {
-                    "source": "shop",
-                    "model": "fraud-gbm",
-                    "name": "fraud",
-                    "window": "1h",
-                    "reference": {"kind": "trailing", "length": "24h"},
-                    "classes": ["fraud", "legit"],
-                    "sequential": sequential,
-                }
-            ],
-        },
-        env={},
-    )
+    return config_from_mapping(config_mapping(table, **sequential), env={})
+
+
+def config_mapping(table: str, **sequential: object) -> dict:  # type: ignore[type-arg]
+    """The fraud monitor over ``table``, as a config file holds it."""
+    return {
+        "sources": [{"name": "shop", "table": table, "columns": COLUMNS}],
+        "monitors": [
+            {
+                "source": "shop",
+                "model": "fraud-gbm",
+                "name": "fraud",
+                "window": "1h",
+                "reference": {"kind": "trailing", "length": "24h"},
+                "classes": ["fraud", "legit"],
+                "sequential": sequential,
+            }
+        ],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -276,24 +278,7 @@ def test_the_page_names_the_cell_keeps_the_reference_and_accept_resolves_once(
         path = tmp_path / "config.yaml"
         import yaml
 
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "sources": [{"name": "shop", "table": table, "columns": COLUMNS}],
-                    "monitors": [
-                        {
-                            "source": "shop",
-                            "model": "fraud-gbm",
-                            "name": "fraud",
-                            "window": "1h",
-                            "reference": {"kind": "trailing", "length": "24h"},
-                            "classes": ["fraud", "legit"],
-                            "sequential": {"accept_after": None},
-                        }
-                    ],
-                }
-            )
-        )
+        path.write_text(yaml.safe_dump(config_mapping(table, accept_after=None)))
         done = run_cli(
             cli, "baseline", "accept", "--config", str(path), "--monitor", "fraud", "--model", "fraud-gbm",
             env={"DATABASE_URL": exporter_url},

@@ -26,7 +26,7 @@ import numpy as np
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from .config import MonitorConfig, SourceConfig
+from .config import MonitorConfig, SequentialConfig, SourceConfig
 from .matrices import NULL, OTHER, class_order
 from .snapshot import SequentialResult, SequentialSlice
 from .source.accepts import AcceptEvent, read_accepts
@@ -78,7 +78,7 @@ class SequentialTracker:
         self.period_seconds = seq.SequentialParameters().period_minutes * 60
 
     @property
-    def settings(self):  # type: ignore[no-untyped-def]
+    def settings(self) -> SequentialConfig:
         return self.monitor.sequential
 
     def last_closed_period(self, now: datetime) -> int:
