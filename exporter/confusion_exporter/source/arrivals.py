@@ -134,10 +134,14 @@ def first_labels_query(
     lab = _qualified(source.rollup.labels, label_columns).alias("l")
     predictions = _qualified(source.rollup.predictions, prediction_columns).alias("pp")
     # One primary-key probe per label (LATERAL): a period's labels are few, the predictions
-    # table is the whole history; a hash join would scan all of it for every read.
+    # table is the whole history; a hash join would scan all of it for every read. LIMIT 1
+    # (the id is unique, so it changes no row) keeps the planner from flattening the probe
+    # into a join: flattened, a misestimated label range (rows=1) made it scan every
+    # prediction of the model once per label, minutes per read on 170,000 predictions.
     p = (
         sa.select(*(predictions.c[c] for c in prediction_columns))
         .where(predictions.c.id == lab.c.prediction_id)
+        .limit(1)
         .lateral("p")
     )
     earlier = _qualified(source.rollup.labels, label_columns).alias("e")
