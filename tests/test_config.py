@@ -74,6 +74,26 @@ MISTAKES = [
         id="unknown-reference-kind",
     ),
     pytest.param(
+        EXAMPLE.replace("{kind: trailing, length: 24h}", "{kind: seasonal, period: 30m}"),
+        ["monitors[0].reference.period: 30m is shorter than the window (1h)"],
+        id="seasonal-period-shorter-than-window",
+    ),
+    pytest.param(
+        EXAMPLE.replace("{kind: trailing, length: 24h}", "{kind: seasonal, period: 90s}"),
+        ["monitors[0].reference.period: must be a positive multiple of exporter.bucket (1m)"],
+        id="seasonal-period-not-multiple-of-bucket",
+    ),
+    pytest.param(
+        EXAMPLE.replace("{kind: trailing, length: 24h}", "{kind: seasonal, period: 1d, count: 0}"),
+        ["monitors[0].reference.count:"],
+        id="seasonal-count-zero",
+    ),
+    pytest.param(
+        EXAMPLE.replace("{kind: trailing, length: 24h}", "{kind: seasonal, length: 24h}"),
+        ["monitors[0].reference.length: unknown key"],
+        id="seasonal-unknown-key",
+    ),
+    pytest.param(
         EXAMPLE.replace("predicted: yhat,", ""),
         ["sources[0].columns.predicted: required key is missing"],
         id="missing-column",
@@ -287,3 +307,24 @@ def test_sequential_settings_reach_the_detector(tmp_path):
     params = load_config(path, env={}).monitors[0].sequential.parameters(segments=3)
     assert (params.min_relative_change, params.accept_after_hours) == (0.2, None)
     assert (params.false_alarms_per_30_days, params.segments) == (0.5, 3)
+
+
+@pytest.mark.parametrize(
+    ("value", "period", "count"),
+    [("seasonal:1d", timedelta(days=1), 7), ("seasonal:2h:14", timedelta(hours=2), 14)],
+)
+def test_a_seasonal_reference_on_the_command_line(value, period, count):  # type: ignore[no-untyped-def]
+    from confusion_exporter.config import SeasonalReference, parse_reference
+
+    assert parse_reference("--reference", value) == SeasonalReference(
+        kind="seasonal", period=period, count=count
+    )
+
+
+@pytest.mark.parametrize("value", ["seasonal:1d:x", "seasonal:1d:0", "seasonal:soon"])
+def test_a_bad_seasonal_reference_on_the_command_line_names_the_flag(value):  # type: ignore[no-untyped-def]
+    from confusion_exporter.config import ConfigError, parse_reference
+
+    with pytest.raises(ConfigError) as raised:
+        parse_reference("--reference", value)
+    assert str(raised.value).startswith("--reference: "), str(raised.value)

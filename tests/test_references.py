@@ -167,3 +167,80 @@ def test_every_reference_kind_exports_tests_rows_cells_and_states(admin_engine, 
         if reference["kind"] != "baseline":
             assert families["confusion_shift_row_effect_size"].samples
             assert families["confusion_shift_cell_residual"].samples
+
+
+def test_seasonal_reference_counts_the_same_hour_of_each_earlier_day_exactly(admin_engine, exporter_url):
+    """A seasonal reference (the window at the same time on each of the ``count`` previous days)
+    counts exactly the rows in those spans, none between them, checked against sklearn on
+    random rows spread over 9 days, many of them on the spans' edges."""
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(26)
+    # The current window as the exporter aligns it: 1 h ending at the end of NOW's minute.
+    current_end = NOW.replace(second=0) + timedelta(minutes=1)
+    spans = [
+        (current_end - timedelta(hours=1) - timedelta(days=k), current_end - timedelta(days=k))
+        for k in (1, 2, 3, 4, 5)
+    ]
+    rows = stream(rng, 6_000, BEFORE, NOW - timedelta(days=9), timedelta(days=9) - timedelta(minutes=1))
+    for start, end in spans:  # rows on each edge: the first and the last microsecond inside, and just outside
+        for ts in (start, end - timedelta(microseconds=1), start - timedelta(microseconds=1), end):
+            truth, predicted = rng.integers(0, 2, size=2)
+            rows.append(Row("fraud", "v1", ts, CLASSES[predicted], CLASSES[truth]))
+    table = create_scored_events(admin_engine)
+    insert_rows(admin_engine, table, rows)
+    reference = {"kind": "seasonal", "period": "1d", "count": 5}
+    snapshot = snapshot_at(make_config(table, reference=reference), exporter_url)
+    result = only_slice(snapshot)
+    from confusion_exporter.report import build_report, to_text
+
+    (monitor,) = snapshot.monitors.values()
+    text = to_text(build_report(monitor))
+    assert (
+        f"reference {spans[0][0].isoformat()} .. {spans[0][1].isoformat()}, and the same span 4 more times, every 1d before it"
+        in text
+    ), text[:800]
+    counts = result.windows["reference"].counts
+    inside = [r for r in rows if any(start <= r.ts < end for start, end in spans)]
+    expected = confusion_matrix(
+        [r.actual for r in inside], [r.predicted for r in inside], labels=list(counts.classes)
+    )
+    assert counts.labeled_total == len(inside) > 100
+    np.testing.assert_array_equal(counts.matrix, expected)
+    assert result.windows["current"].counts.labeled_total == sum(
+        current_end - timedelta(hours=1) <= r.ts < current_end for r in rows
+    )
+
+
+def test_a_daily_error_rate_cycle_is_a_shift_against_the_trailing_day_not_against_the_same_hours(
+    admin_engine, exporter_url
+):
+    """Errors twice as frequent from 00:00 to 06:00 as by day, every day, nothing else
+    changing: at night the window tests against the trailing 24 h see a shift (the night
+    against a day-and-night average), against the same hours of the last 7 days they do not."""
+    rng = np.random.default_rng(27)
+    night = np.array([[0.96, 0.04], [0.60, 0.40]])  # the day's error rates (BEFORE) times 2
+    at = NOW.replace(hour=3, minute=34)  # 03:34: the window 02:35-03:35
+    rows = []
+    for day in range(8):
+        start = at.replace(hour=0, minute=0, second=0) - timedelta(days=day)
+        rows += stream(rng, 12_000, night, start, timedelta(hours=6))
+        if day:  # the day hours after this night (today's have not come yet)
+            rows += stream(rng, 36_000, BEFORE, start + timedelta(hours=6), timedelta(hours=18))
+    rows = [r for r in rows if r.ts < at]
+    table = create_scored_events(admin_engine)
+    insert_rows(admin_engine, table, rows)
+    trailing = only_slice(
+        snapshot_at(make_config(table, reference={"kind": "trailing", "length": "24h"}), exporter_url, at)
+    )
+    seasonal = only_slice(
+        snapshot_at(
+            make_config(table, reference={"kind": "seasonal", "period": "1d", "count": 7}), exporter_url, at
+        )
+    )
+    assert trailing.shift.tests[ERROR_PATTERN].state == SHIFT, trailing.shift.tests[ERROR_PATTERN]
+    assert seasonal.shift.tests[ERROR_PATTERN].state == STABLE, seasonal.shift.tests[ERROR_PATTERN]
+    assert (
+        seasonal.windows["reference"].counts.labeled_total
+        > 6 * trailing.windows["current"].counts.labeled_total
+    )

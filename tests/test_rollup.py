@@ -267,8 +267,17 @@ def test_late_labels_and_corrections_move_counts_between_cells(clean_reference_s
     exporter.dispose()
 
 
+@pytest.mark.parametrize(
+    "monitor",
+    [
+        {},
+        # Three 70-minute spans 110 minutes apart: each holds whole hours (tier 1) and edges.
+        {"window": "70m", "reference": {"kind": "seasonal", "period": "110m", "count": 3}},
+    ],
+    ids=["trailing", "seasonal"],
+)
 def test_monitors_read_the_same_matrices_from_the_rollup_as_from_a_full_query(
-    clean_reference_schema, exporter_url
+    clean_reference_schema, exporter_url, monitor
 ):
     from confusion_exporter.simulate import SimulationSettings, Simulator
 
@@ -276,16 +285,16 @@ def test_monitors_read_the_same_matrices_from_the_rollup_as_from_a_full_query(
     Simulator(
         clean_reference_schema,
         SimulationSettings(models=["digits-rf", "fraud-gbm"], rate_per_second=1, seed=9),
-    ).backfill(now - timedelta(hours=4), now)
+    ).backfill(now - timedelta(hours=6 if monitor else 4), now)
     with sa.create_engine(exporter_url).begin() as conn:
         reset(conn, "ref")
     with sa.create_engine(exporter_url).begin() as conn:
         # Caught up before the refresh, so its monitors read the rollup (a source still behind
         # is read from its table, which would compare the full query with itself).
         assert fold(conn, rollup_config().sources[0], BUCKET).caught_up
-    incremental = snapshot_at(rollup_config(), exporter_url, now)
+    incremental = snapshot_at(rollup_config(**monitor), exporter_url, now)
     full = snapshot_at(
-        rollup_config(rollup=False),
+        rollup_config(rollup=False, **monitor),
         exporter_url,
         now,
     )

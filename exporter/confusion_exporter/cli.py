@@ -200,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--reference",
         default=None,
-        help="trailing:24h, offset:7d, version:NAME or baseline:NAME (default: the monitor's)",
+        help=(
+            "trailing:24h, offset:7d, seasonal:1d[:COUNT], version:NAME or baseline:NAME "
+            "(default: the monitor's)"
+        ),
     )
     report.add_argument("--format", choices=["text", "html", "json"], default="text")
     report.add_argument("--output", default=None, help="write here instead of standard output")

@@ -190,6 +190,16 @@ class OffsetReference(_Strict):
     offset: Duration
 
 
+class SeasonalReference(_Strict):
+    """The current window at the same time of the ``count`` previous periods (by default the
+    same hour on each of the last 7 days), pooled. Error rates that follow a daily cycle are
+    compared with the same hours of earlier days, and one past incident is 1/count of it."""
+
+    kind: Literal["seasonal"]
+    period: Duration = timedelta(days=1)
+    count: int = Field(default=7, ge=1, le=60)
+
+
 class VersionReference(_Strict):
     """Another model version over the same current window (canary vs stable)."""
 
@@ -212,8 +222,10 @@ class BaselineReference(_Strict):
 
 
 Reference = Annotated[
-    TrailingReference | OffsetReference | VersionReference | BaselineReference, Field(discriminator="kind")
+    TrailingReference | OffsetReference | SeasonalReference | VersionReference | BaselineReference,
+    Field(discriminator="kind"),
 ]
+REFERENCE_KINDS = "trailing, offset, seasonal, version, baseline"
 
 
 class SequentialConfig(_Strict):
@@ -408,9 +420,13 @@ class Config(_Strict):
             if mon.window <= timedelta(0):
                 problems.append(f"{where}.window: must be greater than zero")
             ref = mon.reference
-            if isinstance(ref, TrailingReference | OffsetReference):
-                span = ref.length if isinstance(ref, TrailingReference) else ref.offset
-                key = "length" if isinstance(ref, TrailingReference) else "offset"
+            if isinstance(ref, TrailingReference | OffsetReference | SeasonalReference):
+                if isinstance(ref, TrailingReference):
+                    span, key = ref.length, "length"
+                elif isinstance(ref, OffsetReference):
+                    span, key = ref.offset, "offset"
+                else:
+                    span, key = ref.period, "period"
                 if span % bucket or span <= timedelta(0):
                     problems.append(
                         f"{where}.reference.{key}: must be a positive multiple of exporter.bucket "
@@ -421,6 +437,12 @@ class Config(_Strict):
                     f"{where}.reference.offset: {format_duration(ref.offset)} is shorter than the "
                     f"window ({format_duration(mon.window)}); the reference would overlap the "
                     "current window"
+                )
+            if isinstance(ref, SeasonalReference) and ref.period < mon.window:
+                problems.append(
+                    f"{where}.reference.period: {format_duration(ref.period)} is shorter than the "
+                    f"window ({format_duration(mon.window)}); the pooled windows would overlap each "
+                    "other and the current window"
                 )
             cap = mon.max_classes or self.exporter.max_classes
             if mon.classes is not None and len(mon.classes) > cap:
@@ -453,10 +475,11 @@ class Config(_Strict):
 
 def parse_reference(
     flag: str, value: str
-) -> TrailingReference | OffsetReference | VersionReference | BaselineReference:
-    """A reference given on the command line: trailing:24h, offset:7d, version:v1 or baseline:NAME."""
+) -> TrailingReference | OffsetReference | SeasonalReference | VersionReference | BaselineReference:
+    """A reference given on the command line: trailing:24h, offset:7d, seasonal:1d (or
+    seasonal:1d:14, with the count), version:v1 or baseline:NAME."""
     kind, _, argument = value.partition(":")
-    hint = "use trailing:DURATION, offset:DURATION, version:NAME or baseline:NAME"
+    hint = "use trailing:DURATION, offset:DURATION, seasonal:PERIOD[:COUNT], version:NAME or baseline:NAME"
     if not argument:
         raise ConfigError([f"{flag}: expected KIND:VALUE, got {value!r}; {hint}"])
     try:
@@ -464,6 +487,13 @@ def parse_reference(
             return TrailingReference(kind="trailing", length=parse_duration(argument))
         if kind == "offset":
             return OffsetReference(kind="offset", offset=parse_duration(argument))
+        if kind == "seasonal":
+            period, _, count = argument.partition(":")
+            if count and not count.isdecimal():
+                raise ValueError(f"count {count!r} is not a whole number (seasonal:1d:7)")
+            return SeasonalReference(
+                kind="seasonal", period=parse_duration(period), **({"count": int(count)} if count else {})
+            )
         if kind == "version":
             return VersionReference(kind="version", version=argument)
         if kind == "baseline":
@@ -566,7 +596,7 @@ def _location(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("trailing", "offset", "version", "baseline") and out.endswith("reference"):
+        elif part in REFERENCE_KINDS.split(", ") and out.endswith("reference"):
             continue  # the discriminator's branch name is noise to a reader
         elif str(part).startswith("function-"):
             continue
@@ -582,9 +612,9 @@ def _describe(error: Mapping[str, Any]) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
-        return "unknown reference kind; use one of: trailing, offset, version, baseline"
+        return f"unknown reference kind; use one of: {REFERENCE_KINDS}"
     if kind == "union_tag_not_found":
-        return "reference needs a 'kind' (trailing, offset, version or baseline)"
+        return f"reference needs a 'kind' (one of: {REFERENCE_KINDS})"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
 

@@ -156,7 +156,8 @@ class _Families:
         )
         self.window_start = gauge(
             "confusion_window_start_timestamp_seconds",
-            "Start of the window's span of prediction time (inclusive)." + CACHED,
+            "Start of the window's span of prediction time (inclusive; a seasonal reference: its"
+            " latest span, repeated count times, period apart, before it)." + CACHED,
             labels=["monitor", "window"],
         )
         self.window_end = gauge(

@@ -74,8 +74,9 @@ def _assign_windows(rows: pd.DataFrame, windows: Sequence[Window], bucket_second
     labels[future] = CURRENT  # rows dated after "now" are counted against the current window
     starts = rows["bucket"].astype("float64") * bucket_seconds
     for window in windows:
-        inside = ~future & (starts >= window.start.timestamp()) & (starts < window.end.timestamp())
-        labels[inside] = window.name
+        for start, end in window.spans():
+            inside = ~future & (starts >= start.timestamp()) & (starts < end.timestamp())
+            labels[inside] = window.name
     return labels
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config, ConfigError, MonitorConfig, Reference
+from .config import Config, ConfigError, MonitorConfig, Reference, format_duration
 from .matrices import NULL, WindowCounts, align
 from .printable import printable
 from .snapshot import MonitorResult, SequentialResult, SliceResult, WindowResult
@@ -366,7 +366,15 @@ def build_report(monitor: MonitorResult) -> dict[str, Any]:
         else:
             reference_result = result.windows.get(REFERENCE)
         slices.append(_slice(monitor, result, reference_result, alpha))
-    windows = {w.name: {"start": w.start.isoformat(), "end": w.end.isoformat()} for w in monitor.windows}
+    windows = {
+        w.name: {
+            "start": w.start.isoformat(),
+            "end": w.end.isoformat(),
+            # A seasonal reference: this span and repeats - 1 more, every_seconds apart, before it.
+            **({"repeats": w.repeats, "every_seconds": w.every.total_seconds()} if w.repeats > 1 else {}),
+        }
+        for w in monitor.windows
+    }
     return {
         "monitor": monitor.name,
         "model": monitor.model,
@@ -419,13 +427,26 @@ def headline(entry: dict[str, Any]) -> str:
     return "No shift of the error pattern."
 
 
+def repeated_span(window: dict[str, Any]) -> str:
+    """How a seasonal reference repeats its span, for a reader: ", and the same span on each of
+    the 6 days before"."""
+    repeats = window.get("repeats", 1)
+    if repeats <= 1:
+        return ""
+    every = timedelta(seconds=window["every_seconds"])
+    return f", and the same span {repeats - 1} more times, every {format_duration(every)} before it"
+
+
 def to_text(report: dict[str, Any]) -> str:
     out: list[str] = []
     w = report["windows"]
     out.append(f"Error analysis: monitor {report['monitor']} (team {report['team']})")
     out.append(f"current   {w[CURRENT]['start']} .. {w[CURRENT]['end']}")
     if REFERENCE in w:
-        out.append(f"reference {w[REFERENCE]['start']} .. {w[REFERENCE]['end']} ({report['reference_kind']})")
+        out.append(
+            f"reference {w[REFERENCE]['start']} .. {w[REFERENCE]['end']}{repeated_span(w[REFERENCE])} "
+            f"({report['reference_kind']})"
+        )
     elif report["reference_version"]:
         out.append(f"reference version {report['reference_version']} over the same window")
     for entry in report["slices"]:

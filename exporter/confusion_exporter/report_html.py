@@ -8,7 +8,17 @@ import math
 from html import escape
 from typing import Any
 
-from .report import COUNTS, OVERALL, _f, _pct, generated_at, headline, matrix_share, slice_title
+from .report import (
+    COUNTS,
+    OVERALL,
+    _f,
+    _pct,
+    generated_at,
+    headline,
+    matrix_share,
+    repeated_span,
+    slice_title,
+)
 from .source.counts import ALL
 from .windows import CURRENT, REFERENCE
 
@@ -240,7 +250,9 @@ def to_html(report: dict[str, Any]) -> str:
     w = report["windows"]
     spans = f"current {escape(w[CURRENT]['start'])} – {escape(w[CURRENT]['end'])}"
     if REFERENCE in w:
-        spans += f"; reference {escape(w[REFERENCE]['start'])} – {escape(w[REFERENCE]['end'])}"
+        spans += f"; reference {escape(w[REFERENCE]['start'])} – {escape(w[REFERENCE]['end'])}" + escape(
+            repeated_span(w[REFERENCE])
+        )
     elif report["reference_version"]:
         spans += f"; reference: version {escape(report['reference_version'])} over the same window"
     return (

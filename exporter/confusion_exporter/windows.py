@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from .config import MonitorConfig, OffsetReference, TrailingReference
+from .config import MonitorConfig, OffsetReference, SeasonalReference, TrailingReference
 
 CURRENT = "current"
 REFERENCE = "reference"
@@ -13,14 +13,26 @@ REFERENCE = "reference"
 
 @dataclass(frozen=True)
 class Window:
-    """A half-open span ``[start, end)`` of prediction time, aligned to bucket boundaries."""
+    """A half-open span ``[start, end)`` of prediction time, aligned to bucket boundaries;
+    with ``repeats`` > 1, that span and the ``repeats - 1`` spans ``every``, ``2 * every``, ...
+    before it, counted as one window (a seasonal reference)."""
 
     name: str
     start: datetime
     end: datetime
+    repeats: int = 1
+    every: timedelta = timedelta(0)
+
+    def spans(self) -> tuple[tuple[datetime, datetime], ...]:
+        """The disjoint spans counted, latest first."""
+        return tuple((self.start - k * self.every, self.end - k * self.every) for k in range(self.repeats))
+
+    @property
+    def earliest(self) -> datetime:
+        return self.spans()[-1][0]
 
     def contains_bucket(self, bucket_start_epoch: float) -> bool:
-        return self.start.timestamp() <= bucket_start_epoch < self.end.timestamp()
+        return any(s.timestamp() <= bucket_start_epoch < e.timestamp() for s, e in self.spans())
 
 
 def bucket_end(now: datetime, bucket: timedelta) -> datetime:
@@ -32,7 +44,7 @@ def bucket_end(now: datetime, bucket: timedelta) -> datetime:
 
 def monitor_windows(now: datetime, monitor: MonitorConfig, bucket: timedelta) -> tuple[Window, ...]:
     """Return the windows to count for ``monitor`` as of ``now``: the current one first, then
-    the reference span for trailing and offset references (a version reference compares
+    the reference span for trailing, offset and seasonal references (a version reference compares
     versions within the current window; a baseline is stored, not counted)."""
     current_end = bucket_end(now, bucket) - monitor.label_delay
     current_start = current_end - monitor.window
@@ -42,6 +54,10 @@ def monitor_windows(now: datetime, monitor: MonitorConfig, bucket: timedelta) ->
         reference = Window(REFERENCE, current_start - ref.length, current_start)
     elif isinstance(ref, OffsetReference):
         reference = Window(REFERENCE, current_start - ref.offset, current_end - ref.offset)
+    elif isinstance(ref, SeasonalReference):
+        reference = Window(
+            REFERENCE, current_start - ref.period, current_end - ref.period, ref.count, ref.period
+        )
     else:
         return (current,)
     return current, reference

@@ -91,9 +91,15 @@ def window_columns(
     bucket_seconds = int(bucket.total_seconds())
 
     def inside(w: Window) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            predicted_at >= sa.bindparam(f"{w.name}_start", w.start),
-            predicted_at < sa.bindparam(f"{w.name}_end", w.end),
+        # One range per span (a seasonal reference has several): each an index range scan.
+        return sa.or_(
+            *(
+                sa.and_(
+                    predicted_at >= sa.bindparam(f"{w.name}_start{'' if k == 0 else f'_{k}'}", start),
+                    predicted_at < sa.bindparam(f"{w.name}_end{'' if k == 0 else f'_{k}'}", end),
+                )
+                for k, (start, end) in enumerate(w.spans())
+            )
         )
 
     window_bucket = sa.case(

@@ -415,27 +415,30 @@ def window_rows_query(
     parts = []
     cells = "model, version, segment, predicted, actual, reason, n, delay_sum"
     for i, window in enumerate(windows):
-        first = int(window.start.timestamp()) // bucket_seconds
-        end = -(-int(window.end.timestamp()) // bucket_seconds)
-        params[f"w{i}"] = first  # the window's first bucket stands for the whole window
-        spans = [(first, end)]
-        if per_hour:
-            hour_first, hour_end = -(-first // per_hour), end // per_hour
-            if hour_first < hour_end:  # whole hours from tier 1, the edges from tier 0
-                params[f"hf{i}"], params[f"he{i}"] = hour_first, hour_end
+        # The window's first bucket stands for the whole window (all of its spans).
+        params[f"w{i}"] = int(window.start.timestamp()) // bucket_seconds
+        for k, (span_start, span_end) in enumerate(window.spans()):
+            w = f"{i}_{k}"
+            first = int(span_start.timestamp()) // bucket_seconds
+            end = -(-int(span_end.timestamp()) // bucket_seconds)
+            ranges = [(first, end)]
+            if per_hour:
+                hour_first, hour_end = -(-first // per_hour), end // per_hour
+                if hour_first < hour_end:  # whole hours from tier 1, the edges from tier 0
+                    params[f"hf{w}"], params[f"he{w}"] = hour_first, hour_end
+                    parts.append(
+                        f"SELECT :w{i} AS wbucket, {cells} FROM {CELLS} WHERE source = :source AND tier = 1 "
+                        f"AND bucket >= :hf{w} AND bucket < :he{w} {model_filter}"
+                    )
+                    ranges = [(first, hour_first * per_hour), (hour_end * per_hour, end)]
+            for j, (a, b) in enumerate(ranges):
+                if a >= b:
+                    continue
+                params[f"a{w}_{j}"], params[f"b{w}_{j}"] = a, b
                 parts.append(
-                    f"SELECT :w{i} AS wbucket, {cells} FROM {CELLS} WHERE source = :source AND tier = 1 "
-                    f"AND bucket >= :hf{i} AND bucket < :he{i} {model_filter}"
+                    f"SELECT :w{i} AS wbucket, {cells} FROM {CELLS} WHERE source = :source AND tier = 0 "
+                    f"AND bucket >= :a{w}_{j} AND bucket < :b{w}_{j} {model_filter}"
                 )
-                spans = [(first, hour_first * per_hour), (hour_end * per_hour, end)]
-        for j, (a, b) in enumerate(spans):
-            if a >= b:
-                continue
-            params[f"a{i}_{j}"], params[f"b{i}_{j}"] = a, b
-            parts.append(
-                f"SELECT :w{i} AS wbucket, {cells} FROM {CELLS} WHERE source = :source AND tier = 0 "
-                f"AND bucket >= :a{i}_{j} AND bucket < :b{i}_{j} {model_filter}"
-            )
     parts.append(
         f"SELECT NULL AS wbucket, model, version, segment, predicted, actual, 'future_timestamp' AS reason, n, "
         f"delay_sum FROM {CELLS} WHERE source = :source AND tier = 0 AND bucket > :now_bucket {model_filter}"
