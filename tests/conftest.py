@@ -137,6 +137,16 @@ def prometheus_binary() -> str:
 
 
 @pytest.fixture(scope="session")
+def amtool() -> str:
+    return _debian_tool("amtool", "prometheus-alertmanager")
+
+
+@pytest.fixture(scope="session")
+def alertmanager_binary() -> str:
+    return _debian_tool("prometheus-alertmanager", "prometheus-alertmanager")
+
+
+@pytest.fixture(scope="session")
 def cli() -> list[str]:
     """The installed console script, run as a real process."""
     script = Path(sys.executable).parent / "confusion-exporter"
