@@ -215,14 +215,17 @@ class PrometheusProcess:
         tmp_path: Path,
         rule_files: list[str] | None = None,
         scrape: dict[str, Any] | None = None,
+        alertmanagers: list[str] | None = None,
     ):
         self.port = free_port()
-        config = {
+        config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [
                 {"job_name": "confusion-exporter", "static_configs": [{"targets": targets}], **(scrape or {})}
             ],
         }
+        if alertmanagers:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]}
         if rule_files:
             config["rule_files"] = rule_files
         config_path = tmp_path / "prometheus.yml"
