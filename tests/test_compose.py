@@ -259,3 +259,48 @@ def test_the_simulators_health_check_follows_its_heartbeat(cli, database_url, tm
     os.utime(heartbeat, (stale, stale))
     unhealthy = run_cli(cli, *check)
     assert unhealthy.returncode == 1 and "last heartbeat" in unhealthy.stderr
+
+
+GRAFANA_ALERTING = ROOT / "docker-compose.grafana-alerting.yml"
+
+
+def test_alertmanager_runs_the_version_the_tests_run_with_the_generated_config(amtool):
+    services = load(ROOT / "docker-compose.yml", {})["services"]
+    alertmanager = services["alertmanager"]
+    # The image's version is the one amtool and prometheus-alertmanager have in the tests.
+    version = subprocess.run([amtool, "--version"], capture_output=True, text=True, timeout=30)
+    tested = re.search(r"version (\d+\.\d+)", version.stdout + version.stderr)
+    assert tested, "amtool --version printed no version"
+    assert alertmanager["image"].startswith(f"prom/alertmanager:v{tested.group(1)}."), alertmanager["image"]
+    mounts = {target: source for source, target, *_ in (v.split(":") for v in alertmanager["volumes"])}
+    config = next(a.split("=", 1)[1] for a in alertmanager["command"] if a.startswith("--config.file="))
+    directory, name = config.rsplit("/", 1)
+    assert mounts[directory] == "./alertmanager" and (ROOT / "alertmanager" / name).exists()
+    # Prometheus sends to it, on the port it listens on.
+    prometheus = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    (target,) = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert target == "alertmanager:9093" and "9093:9093" in alertmanager["ports"]
+    # Its receivers post to the sink the stack runs, on the port the sink listens on.
+    generated = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    sink = services["alert-sink"]["environment"]["HTTP_PORT"]
+    urls = [w["url"] for r in generated["receivers"] for w in r.get("webhook_configs", [])]
+    assert urls and all(u.startswith(f"http://alert-sink:{sink}/") for u in urls)
+
+
+def test_grafana_alerting_is_opt_in_and_never_a_second_paging_path(schema):
+    default = load(ROOT / "docker-compose.yml", {})["services"]
+    targets = [v.split(":")[1] for v in default["grafana"]["volumes"]]
+    # By default Grafana provisions no alert rules, policies or contact points: it cannot notify.
+    assert not [
+        t
+        for t in targets
+        if t.startswith("/etc/grafana/provisioning/alerting") or t == "/etc/grafana/provisioning"
+    ]
+    assert "/etc/grafana/provisioning/dashboards" in targets
+    override = load(GRAFANA_ALERTING, {})
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    assert not list(validator.iter_errors(override))
+    (mount,) = override["services"]["grafana"]["volumes"]
+    assert mount == "./grafana/provisioning/alerting:/etc/grafana/provisioning/alerting:ro"
+    # Switched on, Grafana notifies and Alertmanager is off: still one path.
+    assert override["services"]["alertmanager"]["profiles"]
