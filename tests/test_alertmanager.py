@@ -230,3 +230,45 @@ def test_grafana_policies_are_the_same_tree():
         (ROOT / "grafana" / "provisioning" / "alerting" / "contact-points.yaml").read_text()
     )
     assert {p["name"] for p in points["contactPoints"]} == {r["name"] for r in config["receivers"]}
+
+
+def documented_team_example() -> str:
+    """The `teams:` example of docs/alerting.md ("Adding a team or a receiver"), as written."""
+    doc = (ROOT / "docs" / "alerting.md").read_text()
+    block = re.search(r"```yaml\n(   teams:\n.*?)   ```", doc, re.S)
+    assert block, "docs/alerting.md lost its teams example"
+    return "\n".join(line[3:] for line in block.group(1).splitlines())
+
+
+def test_the_documented_receivers_with_secrets_from_files_pass_amtool(amtool, tmp_path):
+    example = yaml.safe_load(documented_team_example())["teams"]
+    spec = {**SPEC, "teams": {**SPEC["teams"], **example}}
+    (tmp_path / "routing.yml").write_text(yaml.safe_dump(spec))
+    sys.path.insert(0, str(ROOT / "alertmanager"))
+    try:
+        import render_alertmanager
+        import spec as routing_spec
+    finally:
+        sys.path.remove(str(ROOT / "alertmanager"))
+    rendered = render_alertmanager.render(routing_spec.load(tmp_path / "routing.yml"))
+    assert "routing_key_file: /etc/alertmanager/secrets/" in rendered and "api_url_file:" in rendered
+    (tmp_path / "templates").symlink_to(ROOT / "alertmanager" / "templates")
+    (tmp_path / "alertmanager.yml").write_text(rendered)
+    result = subprocess.run(
+        [amtool, "check-config", str(tmp_path / "alertmanager.yml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (team,) = example
+    for severity, kind in SEVERITY_KIND.items():
+        labels = {"alertname": "ConfusionErrorPatternShift", "team": team, "severity": severity}
+        routed = subprocess.run(
+            [amtool, "config", "routes", "test", f"--config.file={tmp_path / 'alertmanager.yml'}"]
+            + [f"{k}={v}" for k, v in labels.items()],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert routed.stdout.strip() == f"{team}-{kind}"
