@@ -392,9 +392,7 @@ def test_rate_shift_value_is_the_estimate_when_positive_else_the_latch(promtool,
                 }
             )
         if value is not None:
-            labels = (
-                f'{{{base}, true_class="{true}", predicted_class="x", team="t"}}'  # instance, job kept
-            )
+            labels = f'{{{base}, true_class="{true}", predicted_class="x", team="t"}}'  # instance, job kept
             expected.append({"labels": labels, "value": value})
     case = {
         "rule_files": [],
