@@ -37,10 +37,11 @@ test: install tools ## install what is needed and run every test (CI=true turns 
 soak: install tools ## the fault tests, longer: 40 SIGKILLs mid-fold under write bursts (about 5 min)
 	CE_SOAK_KILLS=40 $(BIN)/python -m pytest -q tests/test_faults.py
 
-lint: install ## ruff, formatting and mypy
+lint: install ## ruff, formatting, mypy, and the generated alerting files against their spec
 	$(BIN)/ruff check exporter migrations tests benchmarks grafana alertmanager
 	$(BIN)/ruff format --check exporter migrations tests benchmarks grafana alertmanager
 	$(BIN)/mypy exporter/confusion_exporter
+	$(BIN)/python alertmanager/generate.py --check
 
 format: install ## apply ruff's formatting and autofixes
 	$(BIN)/ruff format exporter migrations tests benchmarks grafana alertmanager
