@@ -6,7 +6,7 @@ Only time is changed, by the two transforms below (nothing else of the shipped f
 - ``fast_rules``: every rule group evaluates each second, every ``for`` and ``keep_firing_for``
   is divided by one factor, to at least 1s: 600 for the shift (30m -> 3s), 300 for the outage
   (30m -> 6s, 5m -> 1s), whose test needs the outage alert to fire before the page would.
-- ``test_alertmanager_config``: every webhook URL points at the test's server (same receiver
+- ``alertmanager_config_for_test``: every webhook URL points at the test's server (same receiver
   names), every ``group_wait`` is 1s and ``group_interval`` 3s, the templates' path absolute.
 """
 
@@ -53,7 +53,7 @@ def fast_rules(path: Path, out: Path, divisor: int) -> Path:
     return out
 
 
-def test_alertmanager_config(sink: WebhookSink, out: Path) -> Path:
+def alertmanager_config_for_test(sink: WebhookSink, out: Path) -> Path:
     """The generated alertmanager.yml with only its URLs and group timings changed."""
     config = yaml.safe_load(GENERATED.read_text())
     config["templates"] = [str(ROOT / "alertmanager" / t) for t in config["templates"]]
@@ -71,9 +71,6 @@ def test_alertmanager_config(sink: WebhookSink, out: Path) -> Path:
     shorten(config["route"])
     out.write_text(yaml.safe_dump(config, sort_keys=False))
     return out
-
-
-test_alertmanager_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 def exporter_config() -> dict[str, Any]:
@@ -114,7 +111,9 @@ class Stack:
         self.started = time.monotonic()
         self.sink = WebhookSink()
         self.alertmanager = AlertmanagerProcess(
-            alertmanager_binary, test_alertmanager_config(self.sink, tmp_path / "alertmanager.yml"), tmp_path
+            alertmanager_binary,
+            alertmanager_config_for_test(self.sink, tmp_path / "alertmanager.yml"),
+            tmp_path,
         )
         self.proxy = TcpProxy(exporter_url)
         self.proxy.start()
