@@ -13,7 +13,9 @@ Only time is changed, by the two transforms below (nothing else of the shipped f
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,7 +225,7 @@ def test_an_outage_notifies_the_platform_once_and_holds_the_model_pages_back(
 
 
 def test_a_shift_pages_the_owning_team_once_per_slice_and_resolves_once(
-    cli, shifted_traffic, exporter_url, tmp_path, prometheus_binary, alertmanager_binary
+    cli, shifted_traffic, exporter_url, tmp_path, prometheus_binary, alertmanager_binary, amtool
 ):
     stack = Stack(cli, exporter_url, tmp_path, prometheus_binary, alertmanager_binary, SHIFT_DIVISOR)
     try:
@@ -255,6 +257,25 @@ def test_a_shift_pages_the_owning_team_once_per_slice_and_resolves_once(
             "segment": segment,
         }
         assert first.payload["receiver"] == "vision-page"
+        # The chat and email text (alertmanager/templates) of this very notification.
+        (tmp_path / "page.json").write_text(json.dumps(first.payload))
+        rendered = subprocess.run(
+            [
+                amtool,
+                "template",
+                "render",
+                f"--template.glob={ROOT / 'alertmanager' / 'templates' / '*.tmpl'}",
+                f"--template.data={tmp_path / 'page.json'}",
+                '--template.text={{ template "confusion.title" . }}\n{{ template "confusion.text" . }}',
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert rendered.returncode == 0, rendered.stderr
+        title = rendered.stdout.splitlines()[0]
+        assert title == f"[FIRING: 1] ConfusionErrorPatternShift digits-rf (segment {segment})", title
+        assert cell in rendered.stdout and annotations["runbook_url"] in rendered.stdout
 
         # The shift ends: its labels are withdrawn, the decision clears, the page resolves once.
         with shifted_traffic.begin() as conn:
