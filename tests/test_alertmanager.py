@@ -240,9 +240,39 @@ def documented_team_example() -> str:
     return "\n".join(line[3:] for line in block.group(1).splitlines())
 
 
-def test_the_documented_receivers_with_secrets_from_files_pass_amtool(amtool, tmp_path):
-    example = yaml.safe_load(documented_team_example())["teams"]
-    spec = {**SPEC, "teams": {**SPEC["teams"], **example}}
+def uncommented_spec() -> str:
+    """routing.yml with its commented examples (teams with PagerDuty, Slack and email
+    receivers, the global SMTP settings) uncommented."""
+    lines = []
+    for line in (ROOT / "alertmanager" / "routing.yml").read_text().splitlines():
+        example = re.fullmatch(r"(\s*)# (\s*(?:[\w-]+:|- ).*)", line)
+        # An example line is commented YAML: a key or a list item after "# "; prose is not.
+        if (
+            example
+            and re.match(r"\s*(?:[a-z_-]+:(?: |$)|- )", example.group(2))
+            and not example.group(2).endswith(".")
+        ):
+            lines.append(example.group(1) + example.group(2))
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def spec_examples() -> dict[str, dict]:  # type: ignore[type-arg]
+    uncommented = yaml.safe_load(uncommented_spec())
+    return {name: body for name, body in uncommented["teams"].items() if name not in SPEC["teams"]}
+
+
+@pytest.mark.parametrize("source", ["docs/alerting.md", "alertmanager/routing.yml"])
+def test_the_documented_receivers_with_secrets_from_files_pass_amtool(amtool, tmp_path, source):
+    if source == "docs/alerting.md":
+        example = yaml.safe_load(documented_team_example())["teams"]
+        spec = {**SPEC, "teams": {**SPEC["teams"], **example}}
+    else:
+        example = spec_examples()
+        assert set(example) == {"payments-ml", "research-ml"}, example
+        spec = yaml.safe_load(uncommented_spec())
+        assert spec["global"]["smtp_auth_password_file"].startswith("/etc/alertmanager/secrets/")
     (tmp_path / "routing.yml").write_text(yaml.safe_dump(spec))
     sys.path.insert(0, str(ROOT / "alertmanager"))
     try:
@@ -252,6 +282,7 @@ def test_the_documented_receivers_with_secrets_from_files_pass_amtool(amtool, tm
         sys.path.remove(str(ROOT / "alertmanager"))
     rendered = render_alertmanager.render(routing_spec.load(tmp_path / "routing.yml"))
     assert "routing_key_file: /etc/alertmanager/secrets/" in rendered and "api_url_file:" in rendered
+    assert "http://alert-sink" not in rendered.split("name: payments-ml-page")[1].split("- name:")[0]
     (tmp_path / "templates").symlink_to(ROOT / "alertmanager" / "templates")
     (tmp_path / "alertmanager.yml").write_text(rendered)
     result = subprocess.run(
@@ -261,8 +292,8 @@ def test_the_documented_receivers_with_secrets_from_files_pass_amtool(amtool, tm
         timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    (team,) = example
-    for severity, kind in SEVERITY_KIND.items():
+    for team, severity in ((team, severity) for team in example for severity in SEVERITY_KIND):
+        kind = SEVERITY_KIND[severity]
         labels = {"alertname": "ConfusionErrorPatternShift", "team": team, "severity": severity}
         routed = subprocess.run(
             [amtool, "config", "routes", "test", f"--config.file={tmp_path / 'alertmanager.yml'}"]
