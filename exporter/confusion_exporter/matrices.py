@@ -61,9 +61,15 @@ def _natural_key(name: str) -> tuple[object, ...]:
     return tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"([0-9]+)", name)))
 
 
+def _order_key(name: str) -> tuple[tuple[object, ...], str]:
+    # Names equal in natural order ("7" and "007") by code point, as the SQL cap breaks the
+    # tie: otherwise their order, and so the matrix's rows, followed the order rows arrived in.
+    return _natural_key(name), name
+
+
 def class_order(names: Sequence[str]) -> tuple[str, ...]:
     """Order classes naturally ("2" before "10"), with the overflow class last."""
-    return tuple(sorted((n for n in names if n != OTHER), key=_natural_key)) + (
+    return tuple(sorted((n for n in names if n != OTHER), key=_order_key)) + (
         (OTHER,) if OTHER in names else ()
     )
 
@@ -91,7 +97,7 @@ def _choose_classes(valid: pd.DataFrame, max_classes: int) -> tuple[tuple[str, .
     totals = observed.groupby("cls")["n"].sum()
     if len(totals) <= max_classes:
         return class_order(list(totals.index)), set()
-    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], _natural_key(kv[0])))
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], _order_key(kv[0])))
     kept = [name for name, _ in ranked[: max_classes - 1]]
     return class_order([*kept, OTHER]), {name for name, _ in ranked[max_classes - 1 :]}
 
