@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from .config import Config, MonitorConfig
 from .matrices import SliceKey, WindowCounts, align, build_slices
+from .parameters import shift_parameters
 from .references import (
     baseline_name,
     monitor_windows,
@@ -23,12 +24,12 @@ from .source.baselines import read_capture_window
 from .source.class_cap import ClassCap, capped_counts, fetch_capped
 from .source.counts import count_query
 from .source.rollup import unlabeled_without_delay, window_rows_query
-from .source.scores import ScoreScope, WindowKey, fetch_confidence, fetch_threshold_matrices
+from .source.scores import ScoreScope, WindowKey, fetch_confidence, fetch_threshold_counts
 from .stats.calibration import ConfidenceCounts, summarize
 from .stats.classification import classification_metrics
 from .stats.cost import cost_increase_test, cost_matrix, mean_cost, relative_increase
 from .stats.shift import ShiftParameters, ShiftReport, missing_reference_report, shift_report
-from .stats.thresholds import ThresholdMatrix
+from .stats.thresholds import ThresholdMatrix, threshold_matrices
 from .windows import CURRENT, REFERENCE, Window
 
 ScoreAggregates = tuple[dict[WindowKey, ConfidenceCounts], dict[WindowKey, tuple[ThresholdMatrix, ...]]]
@@ -109,20 +110,20 @@ def evaluate_monitor(
                 # Both sides were ranked together in SQL: their union is within max_classes.
                 counts[REFERENCE], counts[CURRENT] = align(stored[key][REFERENCE], counts[CURRENT])
     confidence: dict[WindowKey, ConfidenceCounts] = {}
-    threshold_matrices: dict[WindowKey, tuple[ThresholdMatrix, ...]] = {}
+    matrices_at: dict[WindowKey, tuple[ThresholdMatrix, ...]] = {}
     if source.columns.score is not None:
         scope = ScoreScope(
             source, monitor, windows, now, settings.bucket, labels_as_of, settings.future_tolerance
         )
 
         def compute() -> ScoreAggregates:
-            at = fetch_threshold_matrices(connection, scope) if monitor.decision_thresholds else {}
+            at = _threshold_matrices(connection, scope) if monitor.decision_thresholds else {}
             return fetch_confidence(connection, scope), at
 
-        confidence, threshold_matrices = (
+        confidence, matrices_at = (
             score_cache.get(monitor.monitor_name, now, compute) if score_cache is not None else compute()
         )
-    params = monitor.shift_parameters()
+    params = shift_parameters(monitor)
     results = []
     for key, by_window in sorted(slices.items(), key=lambda kv: (kv[0].model, kv[0].version, kv[0].segment)):
         window_results = {}
@@ -133,7 +134,7 @@ def evaluate_monitor(
                 classification_metrics(window_counts.matrix),
                 cost=mean_cost(window_counts.matrix, cost_matrix(window_counts.classes, monitor.cost_matrix)),
                 confidence=summarize(scores) if scores is not None else None,
-                thresholds=threshold_matrices.get((key, name), ()),
+                thresholds=matrices_at.get((key, name), ()),
             )
         compared = reference_of(reference_version(monitor.reference), key, by_window, slices)
         difference, increase = float("nan"), float("nan")
@@ -211,3 +212,16 @@ def _shift(
         return missing_reference_report()  # exported as insufficient_data, never as "fine"
     ref, cur = align(reference, by_window[CURRENT])
     return shift_report(ref.matrix, cur.matrix, ref.unlabeled, cur.unlabeled, cur.classes, params)
+
+
+def _threshold_matrices(
+    connection: Connection, scope: ScoreScope
+) -> dict[WindowKey, tuple[ThresholdMatrix, ...]]:
+    """The two-class matrices at each decision threshold, per (slice, window)."""
+    monitor = scope.monitor
+    assert monitor.classes is not None and monitor.positive_class is not None
+    negative = next(c for c in monitor.classes if c != monitor.positive_class)
+    return {
+        key: threshold_matrices(negative, monitor.positive_class, scored, reaching)
+        for key, (scored, reaching) in fetch_threshold_counts(connection, scope).items()
+    }

@@ -20,9 +20,9 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .domain import REJECT_REASONS
 from .matrices import WindowCounts
 from .snapshot import MonitorResult, SequentialResult, SliceResult, Snapshot, WindowResult
-from .source.counts import REJECT_REASONS
 from .stats import sequential as seq
 from .stats.classification import ClassificationMetrics
 from .stats.shift import STATES, ShiftReport

@@ -6,53 +6,13 @@ Pure: takes the rows a count query returned and the windows they were asked for.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from numpy.typing import NDArray
 
-from .source.counts import REJECT_REASONS, UNKNOWN_CLASS
+from .domain import NULL, OTHER, REJECT_REASONS, UNKNOWN_CLASS, SliceKey, WindowCounts
 from .windows import CURRENT, Window
-
-OTHER = "__other__"  # the class that absorbs classes beyond the cap
-NULL = "__null__"  # the label value of a NULL model, version or segment
-
-
-@dataclass(frozen=True)
-class SliceKey:
-    """What one matrix is about: a model version, in one segment."""
-
-    model: str
-    version: str
-    segment: str
-
-
-@dataclass(frozen=True)
-class WindowCounts:
-    """Counts of one slice in one window; ``matrix[i, j]`` is true class i predicted as j."""
-
-    window: Window
-    classes: tuple[str, ...]
-    matrix: NDArray[np.int64]
-    unlabeled: NDArray[np.int64]
-    rejected: Mapping[str, int]
-    folded: int
-    label_delay_sum_seconds: float = float("nan")  # over labeled predictions; NaN without labeled_at
-
-    @property
-    def mean_label_delay_seconds(self) -> float:
-        labeled = self.labeled_total
-        return self.label_delay_sum_seconds / labeled if labeled else float("nan")
-
-    @property
-    def labeled_total(self) -> int:
-        return int(self.matrix.sum())
-
-    @property
-    def unlabeled_total(self) -> int:
-        return int(self.unlabeled.sum())
 
 
 def _natural_key(name: str) -> tuple[object, ...]:

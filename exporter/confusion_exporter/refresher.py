@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -25,7 +24,7 @@ from .evaluate import ScoreCache, evaluate_monitor
 from .exposition import HealthCollector, HealthState, SnapshotCollector, render
 from .folding import CatchUp, SourceFolder
 from .sequential_tracker import SequentialTracker
-from .snapshot import MonitorResult, Snapshot
+from .snapshot import MonitorResult, Published, Snapshot
 from .source.database import reader_engine, redact_error, timeout_hint
 from .source.rollup import FoldResult
 
@@ -47,20 +46,6 @@ SEQUENTIAL_BUDGET = timedelta(seconds=2)
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Published:
-    """What the web server serves; replaced as a whole, never mutated."""
-
-    snapshot: Snapshot | None
-    snapshot_bytes: bytes
-    health_bytes: bytes
-    metrics_bytes: bytes = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        # Joined once here, not on every scrape: the exposition can be megabytes.
-        object.__setattr__(self, "metrics_bytes", self.snapshot_bytes + self.health_bytes)
 
 
 def backoff_delay(failures: int, initial: timedelta, maximum: timedelta, jitter: float = 0.1) -> float:

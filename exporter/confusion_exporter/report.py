@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from .config import Config, ConfigError, MonitorConfig, Reference, format_duration
+from .domain import ALL
 from .matrices import NULL, WindowCounts, align
 from .printable import printable
 from .references import reference_of
 from .snapshot import MonitorResult, SequentialResult, SliceResult, WindowResult
-from .source.counts import ALL
 from .stats import sequential
 from .stats.calibration import ConfidenceSummary
 from .stats.classification import classification_metrics

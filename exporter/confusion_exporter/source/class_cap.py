@@ -27,7 +27,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..matrices import NULL, OTHER
+from ..domain import NULL, OTHER
 from .baselines import cells as baseline_cells
 from .counts import COUNT_COLUMNS, UNKNOWN_CLASS
 

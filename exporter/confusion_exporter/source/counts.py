@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..config import MonitorConfig, SourceConfig
+from ..domain import ALL
 from ..windows import Window
 from .rejections import (
     EMPTY_TRUE_CLASS,
@@ -33,8 +34,6 @@ from .rejections import (
     no_instant,
     rejection_reason,
 )
-
-ALL = "__all__"  # the label value when a source has no version or segment column
 
 # The reasons live with the expression that assigns them (rejections.py); re-exported here.
 __all__ = [
