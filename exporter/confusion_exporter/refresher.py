@@ -111,6 +111,7 @@ class Refresher:
             connect_timeout=settings.connect_timeout,
         )
         names = [m.monitor_name for m in config.monitors]
+        self._monitor_names = names
         self.health = HealthState(monitors=names)
         self._results: dict[str, MonitorResult] = {}
         self._scores = ScoreCache(settings.score_refresh_interval)
@@ -285,7 +286,10 @@ class Refresher:
         """Render and swap; the caller holds ``_publishing`` (refreshes finish on several threads)."""
         previous = self.published
         if rebuild_snapshot:
-            snapshot: Snapshot | None = Snapshot(taken_at=now, monitors=dict(self._results))
+            # In the config's order, not the order refreshes finished in (they run side by
+            # side): the same data renders the same bytes, whichever monitor was faster.
+            ordered = {n: self._results[n] for n in self._monitor_names if n in self._results}
+            snapshot: Snapshot | None = Snapshot(taken_at=now, monitors=ordered)
             snapshot_bytes = render(SnapshotCollector(snapshot))  # type: ignore[arg-type]
         else:
             snapshot, snapshot_bytes = previous.snapshot, previous.snapshot_bytes
