@@ -25,9 +25,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..config import MonitorConfig, SourceConfig
-from ..domain import NULL, ConfidenceCounts, SliceKey
+from ..domain import ALL, NULL, ConfidenceCounts, SliceKey
 from ..windows import Window
-from .counts import ALL, arrived_label, source_table, window_columns
+from .counts import arrived_label, source_table, window_columns
 from .rejections import RowFields, rejection_reason
 
 WindowKey = tuple[SliceKey, str]  # (slice, window name)
