@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools test soak lint format grafana demo bench study clean
+.PHONY: help install tools test soak lint format grafana kubernetes demo bench study clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ format: install ## apply ruff's formatting and autofixes
 
 grafana: install ## regenerate Grafana dashboards and alert rules from their sources
 	$(BIN)/python grafana/generate.py
+
+kubernetes: install ## regenerate deploy/kubernetes/'s PrometheusRule and dashboard ConfigMaps from prometheus/rules and grafana/dashboards
+	$(BIN)/python deploy/kubernetes/generate.py
 
 bench: install tools ## benchmarks that print figures (about 6 min; 10M rows and the false-pages study: docs/)
 	$(BIN)/python benchmarks/scrape_benchmark.py
