@@ -53,7 +53,9 @@ MIGRATE_SECRET = "confusion-exporter-migrate"
 def kubectl() -> str:
     path = shutil.which("kubectl")
     if path is None:
-        pytest.fail("kubectl not found: these tests render the overlays with `kubectl kustomize` (kubectl >= 1.32)")
+        pytest.fail(
+            "kubectl not found: these tests render the overlays with `kubectl kustomize` (kubectl >= 1.32)"
+        )
     return path
 
 
@@ -62,11 +64,18 @@ class KustomizeLoader(yaml.SafeLoader):
     PyYAML, reads as the "value" tag; Go's YAML reads it as the string it is."""
 
 
-KustomizeLoader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+def _plain_string(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    assert isinstance(node, yaml.ScalarNode)
+    return loader.construct_scalar(node)
+
+
+KustomizeLoader.add_constructor("tag:yaml.org,2002:value", _plain_string)
 
 
 def render(kubectl: str, directory: Path) -> list[dict[str, Any]]:
-    result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return [obj for obj in yaml.load_all(result.stdout, Loader=KustomizeLoader) if obj]  # noqa: S506 - SafeLoader subclass
 
@@ -88,7 +97,11 @@ def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> di
 
 
 def pod_specs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {f"{o['kind']}/{o['metadata']['name']}": o["spec"]["template"] for o in objects if o["kind"] in ("Deployment", "Job")}
+    return {
+        f"{o['kind']}/{o['metadata']['name']}": o["spec"]["template"]
+        for o in objects
+        if o["kind"] in ("Deployment", "Job")
+    }
 
 
 def exporter_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -143,7 +156,11 @@ def unknown_fields(data: Any, dumped: Any, path: str = "") -> list[str]:
             out += unknown_fields(data[key], dumped[key], f"{path}.{key}")
         return out
     if isinstance(data, list) and isinstance(dumped, list):
-        return [f for i, (a, b) in enumerate(zip(data, dumped, strict=True)) for f in unknown_fields(a, b, f"{path}[{i}]")]
+        return [
+            f
+            for i, (a, b) in enumerate(zip(data, dumped, strict=True))
+            for f in unknown_fields(a, b, f"{path}[{i}]")
+        ]
     return []
 
 
@@ -249,7 +266,10 @@ def test_image_command_and_port_are_compose_and_the_dockerfiles(rendered):
         assert "command" not in container  # the image's entrypoint, as compose uses it
         assert container["args"] == services["exporter"]["command"]
         env = {e["name"]: e.get("value") for e in container["env"]}
-        assert env["CONFUSION_EXPORTER_CONFIG"] == services["exporter"]["environment"]["CONFUSION_EXPORTER_CONFIG"]
+        assert (
+            env["CONFUSION_EXPORTER_CONFIG"]
+            == services["exporter"]["environment"]["CONFUSION_EXPORTER_CONFIG"]
+        )
         (port,) = container["ports"]
         assert port["name"] == "metrics"
         assert f"{port['containerPort']}:{port['containerPort']}" in services["exporter"]["ports"]
@@ -294,7 +314,9 @@ def test_the_shipped_config_passes_check_config(rendered, cli, tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(config["data"]["config.yaml"])
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DATABASE_URL_FILE")}
-    result = subprocess.run([*cli, "check-config", "--config", str(path)], capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [*cli, "check-config", "--config", str(path)], capture_output=True, text=True, env=env
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "config ok: 1 source(s), 1 monitor(s)" in result.stdout
 
@@ -387,7 +409,9 @@ def test_the_job_migrates_and_the_deployment_serves_its_probes_from_the_secret_f
         migrated = subprocess.run([*cli, *job["args"]], capture_output=True, text=True, env=env, timeout=120)
         assert migrated.returncode == 0, migrated.stdout + migrated.stderr
         with admin_engine.connect() as conn:
-            stored = conn.execute(sa.text("SELECT rolpassword FROM pg_authid WHERE rolname = 'confusion_exporter'"))
+            stored = conn.execute(
+                sa.text("SELECT rolpassword FROM pg_authid WHERE rolname = 'confusion_exporter'")
+            )
             assert scram_matches(stored.scalar_one(), password)
     finally:  # the role as the other tests expect it, whatever happened
         with admin_engine.begin() as conn:
@@ -419,3 +443,147 @@ def test_the_job_migrates_and_the_deployment_serves_its_probes_from_the_secret_f
         process.wait(10)
         log.close()
     assert password not in (tmp_path / "exporter.log").read_text()
+
+
+# --- what Prometheus and Grafana load ---------------------------------------------------------
+
+
+def rule_groups() -> list[dict[str, Any]]:
+    return [group for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]]
+
+
+def test_the_prometheus_rule_is_the_promtool_tested_rules_file(rendered):
+    for name in ("kube-prometheus-stack", "kube-prometheus-stack-alerting"):
+        rule = one(rendered[name], "PrometheusRule")
+        assert rule["spec"]["groups"] == rule_groups()
+    # The rule a missing target pages with selects the job the ServiceMonitor produces.
+    down = [r for g in rule_groups() for r in g["rules"] if r.get("alert") == "ConfusionExporterDown"]
+    assert 'up{job="confusion-exporter"}' in down[0]["expr"]
+
+
+def test_the_service_monitor_scrapes_the_exporters_port_as_job_confusion_exporter(rendered):
+    for name in ("kube-prometheus-stack", "kube-prometheus-stack-alerting"):
+        objects = rendered[name]
+        monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service")
+        labels = service["metadata"]["labels"]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert labels[monitor["spec"]["jobLabel"]] == "confusion-exporter"  # up{job="confusion-exporter"}
+        (endpoint,) = monitor["spec"]["endpoints"]
+        (port,) = service["spec"]["ports"]
+        assert endpoint["port"] == port["name"]
+        container = exporter_container(objects)
+        assert port["targetPort"] in {p["name"] for p in container["ports"]}
+        pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        # kube-prometheus-stack's Prometheus selects by its release's label.
+        for kind in ("ServiceMonitor", "PrometheusRule"):
+            assert one(objects, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_dashboard_config_maps_hold_exactly_the_dashboards_json(rendered):
+    expected = {path.name: path.read_text() for path in DASHBOARDS}
+    for name, objects in rendered.items():
+        found: dict[str, str] = {}
+        for config_map in kind_of(objects, "ConfigMap"):
+            if config_map["metadata"].get("labels", {}).get("grafana_dashboard") == "1":
+                assert not found.keys() & config_map["data"].keys()
+                found |= config_map["data"]
+        assert found == expected, name
+
+
+def test_the_plain_overlay_needs_no_operator_and_its_prometheus_config_passes_promtool(
+    rendered, promtool, tmp_path
+):
+    objects = rendered["plain"]
+    assert not [o for o in objects if o["apiVersion"].startswith("monitoring.coreos.com/")]
+    rules = one(objects, "ConfigMap", "confusion-exporter-rules")["data"]
+    assert rules == {path.name: path.read_text() for path in RULE_FILES}
+    # Mount the ConfigMap where prometheus-scrape-config.yaml expects it, and check the whole.
+    fragment = yaml.safe_load((KUBE / "overlays/plain/prometheus-scrape-config.yaml").read_text())
+    (rule_glob,) = fragment["rule_files"]
+    mount = tmp_path / Path(rule_glob).parent.relative_to("/")
+    mount.mkdir(parents=True)
+    for key, text in rules.items():
+        (mount / key).write_text(text)
+    fragment["rule_files"] = [str(mount / Path(rule_glob).name)]
+    (job,) = fragment["scrape_configs"]
+    assert job["job_name"] == "confusion-exporter"  # up{job="confusion-exporter"} in the rules
+    assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == [
+        one(objects, "Service")["metadata"]["namespace"]
+    ]
+    keep = job["relabel_configs"][0]
+    service = one(objects, "Service")
+    assert keep["regex"].split(";") == [
+        service["metadata"]["labels"]["app.kubernetes.io/name"],
+        service["metadata"]["labels"]["app.kubernetes.io/component"],
+        service["spec"]["ports"][0]["name"],
+    ]
+    # Debian's Prometheus is built without Kubernetes service discovery, so promtool cannot
+    # read kubernetes_sd_configs: the job is checked with a static target in its place (the
+    # relabelling, paths and intervals are still promtool's to refuse).
+    job["static_configs"] = [{"targets": ["confusion-exporter.monitoring.svc:9745"]}]
+    del job["kubernetes_sd_configs"]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(fragment))
+    result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(RULE_FILES)} rule files found" in result.stdout + result.stderr
+
+
+def test_alertmanager_config_routes_every_alert_to_a_defined_receiver(rendered):
+    config = one(rendered["kube-prometheus-stack-alerting"], "AlertmanagerConfig")
+    assert not kind_of(rendered["kube-prometheus-stack"], "AlertmanagerConfig")  # optional
+    spec = config["spec"]
+    receivers = {r["name"] for r in spec["receivers"]}
+    intervals = {m["name"] for m in spec["muteTimeIntervals"]}
+    routes = [spec["route"], *spec["route"]["routes"]]
+    for route in routes:
+        assert route["receiver"] in receivers
+        assert set(route.get("muteTimeIntervals", [])) <= intervals
+    for receiver in spec["receivers"]:
+        for webhook in receiver["webhookConfigs"]:
+            assert "url" not in webhook and webhook["urlSecret"]["name"] == "confusion-exporter-alerting"
+
+    def matches(route: dict[str, Any], labels: dict[str, str]) -> bool:
+        ops = {"=": lambda v, p: v == p, "=~": lambda v, p: re.fullmatch(p, v) is not None}
+        return all(
+            ops[m["matchType"]](labels.get(m["name"], ""), m["value"]) for m in route.get("matchers", [])
+        )
+
+    # Each alert of the rules file: the first child route it matches, as Alertmanager routes.
+    for rule in (r for g in rule_groups() for r in g["rules"] if "alert" in r):
+        labels = {"alertname": rule["alert"], "team": "some-team", **rule["labels"]}
+        assert matches(spec["route"], labels), rule["alert"]
+        chosen = next(r for r in spec["route"]["routes"] if matches(r, labels))
+        if labels.get("team") == "ml-platform":
+            expected = "confusion-platform"
+        else:
+            expected = "confusion-page" if labels["severity"] == "critical" else "confusion-ticket"
+        assert chosen["receiver"] == expected, rule["alert"]
+    assert config["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_network_policies_admit_prometheus_only_and_let_out_dns_and_postgres(rendered):
+    for objects in rendered.values():
+        policies = kind_of(objects, "NetworkPolicy")
+        for pod_name, template in pod_specs(objects).items():
+            labels = template["metadata"]["labels"]
+            (policy,) = [
+                p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+            ]
+            spec = policy["spec"]
+            assert spec["policyTypes"] == ["Ingress", "Egress"], pod_name
+            egress_ports = sorted(
+                (p["port"], p["protocol"]) for rule in spec["egress"] for p in rule["ports"]
+            )
+            assert egress_ports == [(53, "TCP"), (53, "UDP"), (5432, "TCP")], pod_name
+            (dns,) = [r for r in spec["egress"] if r.get("to")]
+            assert {p["port"] for p in dns["ports"]} == {53}
+            if pod_name.startswith("Job"):
+                assert spec.get("ingress", []) == [], pod_name
+                continue
+            (ingress,) = spec["ingress"]
+            assert [p["port"] for p in ingress["ports"]] == ["metrics"]
+            (source,) = ingress["from"]
+            assert source["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+            assert "metrics" in {p["name"] for p in template["spec"]["containers"][0]["ports"]}
