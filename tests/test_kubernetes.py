@@ -587,3 +587,77 @@ def test_network_policies_admit_prometheus_only_and_let_out_dns_and_postgres(ren
             (source,) = ingress["from"]
             assert source["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
             assert "metrics" in {p["name"] for p in template["spec"]["containers"][0]["ports"]}
+
+
+# --- docs/kubernetes.md -----------------------------------------------------------------------
+
+DOCS = ROOT / "docs" / "kubernetes.md"
+
+
+def doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"^ *```{language}\n(.*?)^ *```", DOCS.read_text(), re.M | re.S)
+
+
+def secret_references(objects: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Secret name -> keys, wherever an object refers to one."""
+    found: dict[str, set[str]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "secretName" in node and "items" in node:
+                found.setdefault(node["secretName"], set()).update(i["key"] for i in node["items"])
+            for ref in ("secretKeyRef", "urlSecret"):
+                if ref in node:
+                    found.setdefault(node[ref]["name"], set()).add(node[ref]["key"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(objects)
+    return found
+
+
+def test_the_documented_secrets_are_the_ones_the_objects_read(rendered):
+    text = DOCS.read_text().replace("\\\n", " ")
+    documented: dict[str, set[str]] = {}
+    for command in re.findall(r"create secret generic ([\w-]+)((?:\s+--from-file=[\w-]+=\S+)+)", text):
+        name, flags = command
+        documented.setdefault(name, set()).update(re.findall(r"--from-file=([\w-]+)=", flags))
+    assert documented == secret_references(rendered["kube-prometheus-stack-alerting"])
+
+
+def test_the_documented_argo_cd_and_flux_objects_point_at_overlays(rendered):
+    repository = re.search(r"https://github\.com/[\w-]+/[\w-]+", RULE_FILES[0].read_text())[0]
+    paths = []
+    for block in doc_blocks("yaml"):
+        for obj in yaml.safe_load_all(block):
+            if obj.get("kind") == "Application":
+                assert obj["spec"]["source"]["repoURL"] == repository
+                paths.append(obj["spec"]["source"]["path"])
+                assert obj["spec"]["destination"]["namespace"] == "monitoring"
+            elif obj.get("kind") == "GitRepository":
+                assert obj["spec"]["url"] == repository
+            elif obj.get("kind") == "Kustomization" and "sourceRef" in obj.get("spec", {}):
+                paths.append(obj["spec"]["path"].removeprefix("./"))
+    assert len(paths) == 2
+    for path in paths:
+        assert Path(path).parent == Path("deploy/kubernetes/overlays") and Path(path).name in rendered
+
+
+def test_the_documented_own_overlay_replaces_the_config_and_the_image(kubectl, tmp_path):
+    (example,) = [b for b in doc_blocks("yaml") if "behavior: replace" in b]
+    overlay = yaml.safe_load(example)
+    (remote,) = overlay["resources"]
+    local = KUBE / re.search(r"//deploy/kubernetes/([\w/-]+)\?", remote)[1]
+    overlay["resources"] = [os.path.relpath(local, tmp_path)]  # kustomize refuses absolute paths
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    config = (KUBE / "base/config.yaml").read_text().replace("window: 1h", "window: 2h")
+    (tmp_path / "config.yaml").write_text(config)
+    objects = render(kubectl, tmp_path)
+    mounted = one(objects, "ConfigMap", _config_map_name(objects))
+    assert mounted["data"] == {"config.yaml": config}
+    (image,) = overlay["images"]
+    for template in pod_specs(objects).values():
+        assert template["spec"]["containers"][0]["image"] == f"{image['newName']}:{image['newTag']}"
