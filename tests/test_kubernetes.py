@@ -243,6 +243,10 @@ def test_pods_run_unprivileged_with_requests_and_limits(rendered):
             assert pod_security["runAsUser"] == dockerfile_user
             assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}
             assert "hostNetwork" not in spec and "hostPID" not in spec
+            # The volume types and ports the `restricted` Pod Security Standard allows.
+            volume_types = {key for volume in spec["volumes"] for key in volume if key != "name"}
+            assert volume_types <= {"configMap", "secret", "emptyDir"}, pod_name
+            assert not [p for c in spec["containers"] for p in c.get("ports", []) if "hostPort" in p]
             for container in spec["containers"] + spec.get("initContainers", []):
                 security = container["securityContext"]
                 assert security["allowPrivilegeEscalation"] is False, pod_name
