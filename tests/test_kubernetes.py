@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import hashlib
 import hmac
 import os
@@ -26,8 +27,6 @@ import kubernetes_validate
 import pytest
 import sqlalchemy as sa
 import yaml
-from cloudcoil.models.prometheus_operator import v1 as operator_v1
-from cloudcoil.models.prometheus_operator import v1alpha1 as operator_v1alpha1
 from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
@@ -39,11 +38,6 @@ OVERLAYS = sorted(p.parent.name for p in (KUBE / "overlays").glob("*/kustomizati
 RULE_FILES = sorted((ROOT / "prometheus" / "rules").glob("*.yml"))
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 KUBERNETES_VERSION = "1.32.0"
-OPERATOR_MODELS: dict[str, type[BaseModel]] = {
-    "monitoring.coreos.com/v1/ServiceMonitor": operator_v1.ServiceMonitor,
-    "monitoring.coreos.com/v1/PrometheusRule": operator_v1.PrometheusRule,
-    "monitoring.coreos.com/v1alpha1/AlertmanagerConfig": operator_v1alpha1.AlertmanagerConfig,
-}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 DATABASE_SECRET = "confusion-exporter-database"
 MIGRATE_SECRET = "confusion-exporter-migrate"
@@ -129,7 +123,12 @@ def test_generator_check_reports_a_changed_rule_and_a_stale_dashboard(tmp_path):
         shutil.copytree(ROOT / part, tmp_path / part)
     generator = [sys.executable, str(tmp_path / "deploy/kubernetes/generate.py")]
     rules = tmp_path / "prometheus/rules" / RULE_FILES[0].name
-    rules.write_text(rules.read_text().replace("for: 30m", "for: 31m", 1))
+    text, changed = re.subn(
+        r"\bfor: (\d+)m\b", lambda m: f"for: {int(m[1]) + 1}m", rules.read_text(), count=1
+    )
+    assert changed == 1
+    rules.write_text(text)
+    new_for = re.search(r"\bfor: \d+m\b", text)[0]
     stale = tmp_path / "deploy/kubernetes/base/dashboards/confusion-dashboard-removed.yaml"
     stale.write_text("{}\n")
 
@@ -138,7 +137,7 @@ def test_generator_check_reports_a_changed_rule_and_a_stale_dashboard(tmp_path):
     assert "deploy/kubernetes/base/prometheusrule.yaml: differs" in check.stdout
     assert "deploy/kubernetes/overlays/plain/prometheus-rules.yaml: differs" in check.stdout
     assert "confusion-dashboard-removed.yaml: not generated any more" in check.stdout
-    assert "+      for: 31m" in check.stdout
+    assert f"+      {new_for}\n" in check.stdout
 
     assert subprocess.run(generator, capture_output=True).returncode == 0
     assert not stale.exists()
@@ -164,9 +163,21 @@ def unknown_fields(data: Any, dumped: Any, path: str = "") -> list[str]:
     return []
 
 
+@functools.cache
+def operator_models() -> dict[str, type[BaseModel]]:
+    # Imported here: the models take seconds to import, which every collection would pay.
+    from cloudcoil.models.prometheus_operator import v1, v1alpha1
+
+    return {
+        "monitoring.coreos.com/v1/ServiceMonitor": v1.ServiceMonitor,
+        "monitoring.coreos.com/v1/PrometheusRule": v1.PrometheusRule,
+        "monitoring.coreos.com/v1alpha1/AlertmanagerConfig": v1alpha1.AlertmanagerConfig,
+    }
+
+
 def validate_operator_object(obj: dict[str, Any]) -> None:
     """Validate against the CRD's model, and refuse what the model would silently drop."""
-    model = OPERATOR_MODELS[f"{obj['apiVersion']}/{obj['kind']}"]
+    model = operator_models()[f"{obj['apiVersion']}/{obj['kind']}"]
     parsed = model.model_validate(obj)
     ignored = unknown_fields(obj, parsed.model_dump(by_alias=True, exclude_none=True, mode="json"))
     if ignored:
