@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools test soak lint format grafana alerting demo bench study clean
+.PHONY: help install tools test soak lint format grafana alerting kubernetes demo bench study clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,20 +38,23 @@ soak: install tools ## the fault tests, longer: 40 SIGKILLs mid-fold under write
 	CE_SOAK_KILLS=40 $(BIN)/python -m pytest -q tests/test_faults.py
 
 lint: install ## ruff, formatting, mypy, and the generated alerting files against their spec
-	$(BIN)/ruff check exporter migrations tests benchmarks grafana alertmanager
-	$(BIN)/ruff format --check exporter migrations tests benchmarks grafana alertmanager
+	$(BIN)/ruff check exporter migrations tests benchmarks grafana deploy alertmanager
+	$(BIN)/ruff format --check exporter migrations tests benchmarks grafana deploy alertmanager
 	$(BIN)/mypy exporter/confusion_exporter
 	$(BIN)/python alertmanager/generate.py --check
 
 format: install ## apply ruff's formatting and autofixes
-	$(BIN)/ruff format exporter migrations tests benchmarks grafana alertmanager
-	$(BIN)/ruff check --fix exporter migrations tests benchmarks grafana alertmanager
+	$(BIN)/ruff format exporter migrations tests benchmarks grafana deploy alertmanager
+	$(BIN)/ruff check --fix exporter migrations tests benchmarks grafana deploy alertmanager
 
 grafana: install ## regenerate Grafana dashboards and alert rules from their sources
 	$(BIN)/python grafana/generate.py
 
 alerting: install ## regenerate alertmanager/alertmanager.yml and Grafana's policies, contact points, mute timings from alertmanager/routing.yml
 	$(BIN)/python alertmanager/generate.py
+
+kubernetes: install ## regenerate deploy/kubernetes/'s PrometheusRule and dashboard ConfigMaps from their sources
+	$(BIN)/python deploy/kubernetes/generate.py
 
 bench: install tools ## benchmarks that print figures (about 6 min; 10M rows and the false-pages study: docs/)
 	$(BIN)/python benchmarks/scrape_benchmark.py

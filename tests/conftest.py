@@ -27,6 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPORTER_ROLE = "confusion_exporter"
 
 
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    """``CE_TEST_DATABASE_ONLY=1`` keeps only the tests that use a database (CI's second pass,
+    on the embedded server: the rest do not depend on which server runs). Deselected, not
+    skipped: they ran in the first pass."""
+    if os.environ.get("CE_TEST_DATABASE_ONLY") != "1":
+        return
+    keep = [item for item in items if "pg_admin_url" in getattr(item, "fixturenames", ())]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     """Under CI=true a skipped test is a failed test: nothing may silently not run."""

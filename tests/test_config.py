@@ -304,7 +304,9 @@ def test_sequential_settings_reach_the_detector(tmp_path):
         EXAMPLE
         + "    sequential: {min_relative_change: 0.2, accept_after: null, false_alarms_per_30_days: 0.5}\n",
     )
-    params = load_config(path, env={}).monitors[0].sequential.parameters(segments=3)
+    from confusion_exporter.parameters import sequential_parameters
+
+    params = sequential_parameters(load_config(path, env={}).monitors[0].sequential, segments=3)
     assert (params.min_relative_change, params.accept_after_hours) == (0.2, None)
     assert (params.false_alarms_per_30_days, params.segments) == (0.5, 3)
 

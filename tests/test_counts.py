@@ -19,7 +19,8 @@ from sklearn.metrics import (
 )
 
 from confusion_exporter.matrices import NULL, class_order
-from confusion_exporter.windows import bucket_end, monitor_windows
+from confusion_exporter.references import monitor_windows
+from confusion_exporter.windows import bucket_end
 
 from .helpers import NOW, REFERENCE_SOURCE, Row, create_scored_events, insert_rows, make_config, snapshot_at
 

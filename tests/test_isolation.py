@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
@@ -35,7 +36,8 @@ def test_a_slow_monitor_holds_back_neither_the_others_nor_a_scrape(cli, admin_en
     config = exporter_config(table)
     source = config["sources"][0]
     config["sources"].append({**source, "name": "slow", "table": f"{schema}.{slow}"})
-    config["monitors"].append({**config["monitors"][0], "source": "slow"})
+    # The slow monitor first in the config: published after the other, it is still rendered first.
+    config["monitors"].insert(0, {**config["monitors"][0], "source": "slow"})
     exporter = ExporterProcess(cli, config, exporter_url, tmp_path)
     try:
         first = wait_until(
@@ -78,5 +80,9 @@ def test_a_slow_monitor_holds_back_neither_the_others_nor_a_scrape(cli, admin_en
             ),
             timeout=SLOW_SECONDS * 3,
         )
+        # Rendered in the config's order, not in the order the refreshes finished.
+        _, body, _ = http_get(exporter.url("/metrics"))
+        info = [line for line in body.decode().splitlines() if line.startswith("confusion_monitor_info{")]
+        assert [re.search(r'monitor="([^"]+)"', line).group(1) for line in info] == ["slow:m", "shop:m"], info  # type: ignore[union-attr]
     finally:
         exporter.stop()

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from confusion_exporter.config import Config, DatabaseUrl, config_from_mapping
 from confusion_exporter.exposition import SnapshotCollector, render
+from confusion_exporter.parameters import sequential_parameters
 from confusion_exporter.refresher import Refresher
 from confusion_exporter.report import build_report, to_json, to_text
 from confusion_exporter.report_html import to_html
@@ -142,7 +143,7 @@ def test_decisions_through_postgres_equal_the_independent_implementation(stream,
         statement_timeout=timedelta(seconds=20),
         connect_timeout=timedelta(seconds=5),
     )
-    params = monitor.sequential.parameters()
+    params = sequential_parameters(monitor.sequential)
     ref = Reference(2, params)
     matrices = python_matrices(rows, ("fraud", "legit"))
     first = math.ceil(START.timestamp() / PERIOD)  # the origin: the day of the first prediction

@@ -8,8 +8,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from confusion_exporter.config import config_from_mapping
+from confusion_exporter.references import monitor_windows
 from confusion_exporter.simulate import SimulationSettings, Simulator, default_profiles
-from confusion_exporter.windows import monitor_windows
 
 from .helpers import NOW, REFERENCE_SOURCE, snapshot_at
 

@@ -27,8 +27,6 @@ from pydantic import (
 
 from .blank import is_blank
 from .database_url import DatabaseUrl, UrlProblem, check_database_url
-from .stats.sequential import SequentialParameters
-from .stats.shift import ShiftParameters
 
 ENV_PREFIX = "CONFUSION_EXPORTER_"
 DATABASE_URL_ENV = "DATABASE_URL"
@@ -268,18 +266,6 @@ class SequentialConfig(_Strict):
             raise ValueError("give a time zone, e.g. 2026-11-01T00:00:00Z")
         return value
 
-    def parameters(self, segments: int = 1) -> SequentialParameters:
-        return SequentialParameters(
-            min_relative_change=self.min_relative_change,
-            min_absolute_change=self.min_absolute_change,
-            false_alarms_per_30_days=self.false_alarms_per_30_days,
-            accept_after_hours=None
-            if self.accept_after is None
-            else self.accept_after.total_seconds() / 3600,
-            false_discovery_rates=self.false_discovery_rates,
-            segments=segments,
-        )
-
 
 class MonitorConfig(_Strict):
     """One model (or ``*`` for each model found) of one source, compared window against reference."""
@@ -377,16 +363,6 @@ class MonitorConfig(_Strict):
     @property
     def monitor_name(self) -> str:
         return self.name or f"{self.source}:{self.model}"
-
-    def shift_parameters(self) -> ShiftParameters:
-        return ShiftParameters(
-            alpha=self.alpha,
-            min_effect=self.min_effect,
-            min_samples=self.min_samples,
-            min_row_samples=self.min_row_samples,
-            monte_carlo_samples=self.monte_carlo_samples,
-            top_cells=self.top_cells,
-        )
 
 
 class Config(_Strict):

@@ -38,7 +38,7 @@ def _embedded_server(data_dir: Path):  # type: ignore[no-untyped-def]
 
 def run_demo(data_dir: Path, history: timedelta, shift_after: timedelta, rate: float) -> int:
     """Start everything, serve until interrupted, stop cleanly (the data directory is kept)."""
-    from .cli import serve
+    from .serve import serve
 
     server = None
     if os.environ.get("DATABASE_URL"):

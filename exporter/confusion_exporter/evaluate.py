@@ -8,21 +8,29 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Connection
 
-from .config import BaselineReference, Config, MonitorConfig, VersionReference
+from .config import Config, MonitorConfig
 from .matrices import SliceKey, WindowCounts, align, build_slices
+from .parameters import shift_parameters
+from .references import (
+    baseline_name,
+    monitor_windows,
+    ranks_across_versions,
+    reference_of,
+    reference_version,
+)
 from .sequential_tracker import SequentialTracker
 from .snapshot import MonitorResult, SliceResult, WindowResult
 from .source.baselines import read_capture_window
 from .source.class_cap import ClassCap, capped_counts, fetch_capped
 from .source.counts import count_query
 from .source.rollup import unlabeled_without_delay, window_rows_query
-from .source.scores import ScoreScope, WindowKey, fetch_confidence, fetch_threshold_matrices
+from .source.scores import ScoreScope, WindowKey, fetch_confidence, fetch_threshold_counts
 from .stats.calibration import ConfidenceCounts, summarize
 from .stats.classification import classification_metrics
 from .stats.cost import cost_increase_test, cost_matrix, mean_cost, relative_increase
 from .stats.shift import ShiftParameters, ShiftReport, missing_reference_report, shift_report
-from .stats.thresholds import ThresholdMatrix
-from .windows import CURRENT, REFERENCE, Window, monitor_windows
+from .stats.thresholds import ThresholdMatrix, threshold_matrices
+from .windows import CURRENT, REFERENCE, Window
 
 ScoreAggregates = tuple[dict[WindowKey, ConfidenceCounts], dict[WindowKey, tuple[ThresholdMatrix, ...]]]
 
@@ -76,10 +84,10 @@ def evaluate_monitor(
     windows = monitor_windows(now, monitor, settings.bucket)
     source = config.source(monitor.source)
     bucket_seconds = int(settings.bucket.total_seconds())
-    reference = monitor.reference
+    baseline = baseline_name(monitor.reference)
     baseline_window = None
-    if isinstance(reference, BaselineReference):
-        baseline_window = read_capture_window(connection, reference.name, monitor.monitor_name)
+    if baseline is not None:
+        baseline_window = read_capture_window(connection, baseline, monitor.monitor_name)
     cap = class_cap(config, monitor, baseline_window)
     if source.rollup is not None and use_rollup:
         cells, cell_params = window_rows_query(source.name, monitor.model, windows, now, bucket_seconds)
@@ -93,29 +101,29 @@ def evaluate_monitor(
     slices = build_slices(rows, windows, bucket_seconds, monitor.classes, cap.max_classes)
     if baseline_window is not None:
         baseline_rows["bucket"] = int(baseline_window.start.timestamp()) // bucket_seconds
-        baseline = build_slices(
+        stored = build_slices(
             baseline_rows, (baseline_window,), bucket_seconds, monitor.classes, cap.max_classes
         )
         windows = (*windows, baseline_window)
         for key, counts in slices.items():
-            if key in baseline:
+            if key in stored:
                 # Both sides were ranked together in SQL: their union is within max_classes.
-                counts[REFERENCE], counts[CURRENT] = align(baseline[key][REFERENCE], counts[CURRENT])
+                counts[REFERENCE], counts[CURRENT] = align(stored[key][REFERENCE], counts[CURRENT])
     confidence: dict[WindowKey, ConfidenceCounts] = {}
-    threshold_matrices: dict[WindowKey, tuple[ThresholdMatrix, ...]] = {}
+    matrices_at: dict[WindowKey, tuple[ThresholdMatrix, ...]] = {}
     if source.columns.score is not None:
         scope = ScoreScope(
             source, monitor, windows, now, settings.bucket, labels_as_of, settings.future_tolerance
         )
 
         def compute() -> ScoreAggregates:
-            at = fetch_threshold_matrices(connection, scope) if monitor.decision_thresholds else {}
+            at = _threshold_matrices(connection, scope) if monitor.decision_thresholds else {}
             return fetch_confidence(connection, scope), at
 
-        confidence, threshold_matrices = (
+        confidence, matrices_at = (
             score_cache.get(monitor.monitor_name, now, compute) if score_cache is not None else compute()
         )
-    params = monitor.shift_parameters()
+    params = shift_parameters(monitor)
     results = []
     for key, by_window in sorted(slices.items(), key=lambda kv: (kv[0].model, kv[0].version, kv[0].segment)):
         window_results = {}
@@ -126,9 +134,9 @@ def evaluate_monitor(
                 classification_metrics(window_counts.matrix),
                 cost=mean_cost(window_counts.matrix, cost_matrix(window_counts.classes, monitor.cost_matrix)),
                 confidence=summarize(scores) if scores is not None else None,
-                thresholds=threshold_matrices.get((key, name), ()),
+                thresholds=matrices_at.get((key, name), ()),
             )
-        compared = _reference_counts(key, by_window, slices, monitor)
+        compared = reference_of(reference_version(monitor.reference), key, by_window, slices)
         difference, increase = float("nan"), float("nan")
         cost_test = None
         if compared is not None:
@@ -172,23 +180,19 @@ def evaluate_monitor(
         evaluated_at=now,
         windows=windows,
         slices=tuple(results),
-        reference_version=monitor.reference.version
-        if isinstance(monitor.reference, VersionReference)
-        else None,
+        reference_version=reference_version(monitor.reference),
         sequential=sequential,
     )
 
 
 def class_cap(config: Config, monitor: MonitorConfig, baseline: Window | None = None) -> ClassCap:
     """How ``monitor``'s classes are capped: ranked over every window it compares."""
-    reference = monitor.reference
+    name = baseline_name(monitor.reference)
     return ClassCap(
         max_classes=monitor.max_classes or config.exporter.max_classes,
         classes=monitor.classes,
-        across_versions=isinstance(reference, VersionReference),
-        baseline=(reference.name, monitor.monitor_name)
-        if isinstance(reference, BaselineReference) and baseline is not None
-        else None,
+        across_versions=ranks_across_versions(monitor.reference),
+        baseline=(name, monitor.monitor_name) if name is not None and baseline is not None else None,
     )
 
 
@@ -200,25 +204,24 @@ def _shift(
     params: ShiftParameters,
 ) -> ShiftReport | None:
     """Compare the slice's current window with its reference, wherever that comes from."""
-    if isinstance(monitor.reference, VersionReference) and key.version == monitor.reference.version:
+    version = reference_version(monitor.reference)
+    if version is not None and key.version == version:
         return None  # the reference version is not compared with itself
-    reference = _reference_counts(key, by_window, slices, monitor)
+    reference = reference_of(version, key, by_window, slices)
     if reference is None:
         return missing_reference_report()  # exported as insufficient_data, never as "fine"
     ref, cur = align(reference, by_window[CURRENT])
     return shift_report(ref.matrix, cur.matrix, ref.unlabeled, cur.unlabeled, cur.classes, params)
 
 
-def _reference_counts(
-    key: SliceKey,
-    by_window: Mapping[str, WindowCounts],
-    slices: Mapping[SliceKey, Mapping[str, WindowCounts]],
-    monitor: MonitorConfig,
-) -> WindowCounts | None:
-    """The slice's reference: its reference window, or the reference version's current window."""
-    if isinstance(monitor.reference, VersionReference):
-        if key.version == monitor.reference.version:
-            return None
-        other = slices.get(SliceKey(key.model, monitor.reference.version, key.segment))
-        return other[CURRENT] if other else None
-    return by_window.get(REFERENCE)
+def _threshold_matrices(
+    connection: Connection, scope: ScoreScope
+) -> dict[WindowKey, tuple[ThresholdMatrix, ...]]:
+    """The two-class matrices at each decision threshold, per (slice, window)."""
+    monitor = scope.monitor
+    assert monitor.classes is not None and monitor.positive_class is not None
+    negative = next(c for c in monitor.classes if c != monitor.positive_class)
+    return {
+        key: threshold_matrices(negative, monitor.positive_class, scored, reaching)
+        for key, (scored, reaching) in fetch_threshold_counts(connection, scope).items()
+    }

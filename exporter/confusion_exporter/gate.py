@@ -30,11 +30,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .config import Config, ConfigError, MonitorConfig, VersionReference
+from .domain import ALL
 from .evaluate import evaluate_monitor
 from .matrices import NULL, WindowCounts, align
 from .printable import printable
 from .snapshot import SliceResult
-from .source.counts import ALL, source_table
+from .source.counts import source_table
 from .stats.cost import cost_matrix
 from .stats.sequential import SequentialParameters, cell_counts, cells_of, describe
 from .stats.sequential_gate import CostBounds, GateParameters, RateBounds, cost_bounds, rate_bounds

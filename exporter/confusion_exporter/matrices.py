@@ -6,53 +6,13 @@ Pure: takes the rows a count query returned and the windows they were asked for.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from numpy.typing import NDArray
 
-from .source.counts import REJECT_REASONS, UNKNOWN_CLASS
+from .domain import NULL, OTHER, REJECT_REASONS, UNKNOWN_CLASS, SliceKey, WindowCounts
 from .windows import CURRENT, Window
-
-OTHER = "__other__"  # the class that absorbs classes beyond the cap
-NULL = "__null__"  # the label value of a NULL model, version or segment
-
-
-@dataclass(frozen=True)
-class SliceKey:
-    """What one matrix is about: a model version, in one segment."""
-
-    model: str
-    version: str
-    segment: str
-
-
-@dataclass(frozen=True)
-class WindowCounts:
-    """Counts of one slice in one window; ``matrix[i, j]`` is true class i predicted as j."""
-
-    window: Window
-    classes: tuple[str, ...]
-    matrix: NDArray[np.int64]
-    unlabeled: NDArray[np.int64]
-    rejected: Mapping[str, int]
-    folded: int
-    label_delay_sum_seconds: float = float("nan")  # over labeled predictions; NaN without labeled_at
-
-    @property
-    def mean_label_delay_seconds(self) -> float:
-        labeled = self.labeled_total
-        return self.label_delay_sum_seconds / labeled if labeled else float("nan")
-
-    @property
-    def labeled_total(self) -> int:
-        return int(self.matrix.sum())
-
-    @property
-    def unlabeled_total(self) -> int:
-        return int(self.unlabeled.sum())
 
 
 def _natural_key(name: str) -> tuple[object, ...]:
@@ -61,9 +21,15 @@ def _natural_key(name: str) -> tuple[object, ...]:
     return tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"([0-9]+)", name)))
 
 
+def _order_key(name: str) -> tuple[tuple[object, ...], str]:
+    # Names equal in natural order ("7" and "007") by code point, as the SQL cap breaks the
+    # tie: otherwise their order, and so the matrix's rows, followed the order rows arrived in.
+    return _natural_key(name), name
+
+
 def class_order(names: Sequence[str]) -> tuple[str, ...]:
     """Order classes naturally ("2" before "10"), with the overflow class last."""
-    return tuple(sorted((n for n in names if n != OTHER), key=_natural_key)) + (
+    return tuple(sorted((n for n in names if n != OTHER), key=_order_key)) + (
         (OTHER,) if OTHER in names else ()
     )
 
@@ -91,7 +57,7 @@ def _choose_classes(valid: pd.DataFrame, max_classes: int) -> tuple[tuple[str, .
     totals = observed.groupby("cls")["n"].sum()
     if len(totals) <= max_classes:
         return class_order(list(totals.index)), set()
-    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], _natural_key(kv[0])))
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], _order_key(kv[0])))
     kept = [name for name, _ in ranked[: max_classes - 1]]
     return class_order([*kept, OTHER]), {name for name, _ in ranked[max_classes - 1 :]}
 

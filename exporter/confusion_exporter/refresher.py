@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -25,7 +24,7 @@ from .evaluate import ScoreCache, evaluate_monitor
 from .exposition import HealthCollector, HealthState, SnapshotCollector, render
 from .folding import CatchUp, SourceFolder
 from .sequential_tracker import SequentialTracker
-from .snapshot import MonitorResult, Snapshot
+from .snapshot import MonitorResult, Published, Snapshot
 from .source.database import reader_engine, redact_error, timeout_hint
 from .source.rollup import FoldResult
 
@@ -47,20 +46,6 @@ SEQUENTIAL_BUDGET = timedelta(seconds=2)
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Published:
-    """What the web server serves; replaced as a whole, never mutated."""
-
-    snapshot: Snapshot | None
-    snapshot_bytes: bytes
-    health_bytes: bytes
-    metrics_bytes: bytes = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        # Joined once here, not on every scrape: the exposition can be megabytes.
-        object.__setattr__(self, "metrics_bytes", self.snapshot_bytes + self.health_bytes)
 
 
 def backoff_delay(failures: int, initial: timedelta, maximum: timedelta, jitter: float = 0.1) -> float:
@@ -126,6 +111,7 @@ class Refresher:
             connect_timeout=settings.connect_timeout,
         )
         names = [m.monitor_name for m in config.monitors]
+        self._monitor_names = names
         self.health = HealthState(monitors=names)
         self._results: dict[str, MonitorResult] = {}
         self._scores = ScoreCache(settings.score_refresh_interval)
@@ -300,7 +286,10 @@ class Refresher:
         """Render and swap; the caller holds ``_publishing`` (refreshes finish on several threads)."""
         previous = self.published
         if rebuild_snapshot:
-            snapshot: Snapshot | None = Snapshot(taken_at=now, monitors=dict(self._results))
+            # In the config's order, not the order refreshes finished in (they run side by
+            # side): the same data renders the same bytes, whichever monitor was faster.
+            ordered = {n: self._results[n] for n in self._monitor_names if n in self._results}
+            snapshot: Snapshot | None = Snapshot(taken_at=now, monitors=ordered)
             snapshot_bytes = render(SnapshotCollector(snapshot))  # type: ignore[arg-type]
         else:
             snapshot, snapshot_bytes = previous.snapshot, previous.snapshot_bytes

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from .config import Config, ConfigError, MonitorConfig, Reference, format_duration
+from .domain import ALL
 from .matrices import NULL, WindowCounts, align
 from .printable import printable
+from .references import reference_of
 from .snapshot import MonitorResult, SequentialResult, SliceResult, WindowResult
-from .source.counts import ALL
 from .stats import sequential
 from .stats.calibration import ConfidenceSummary
 from .stats.classification import classification_metrics
@@ -355,16 +356,12 @@ def build_report(monitor: MonitorResult) -> dict[str, Any]:
     reference, not reported on)."""
     reference_version = monitor.reference_version
     alpha = float(monitor.thresholds["alpha"])
-    by_key = {(s.key.model, s.key.version, s.key.segment): s for s in monitor.slices}
+    windows_of = {s.key: s.windows for s in monitor.slices}
     slices = []
     for result in monitor.slices:
-        if reference_version is not None:
-            if result.key.version == reference_version:
-                continue
-            other = by_key.get((result.key.model, reference_version, result.key.segment))
-            reference_result = other.windows[CURRENT] if other else None
-        else:
-            reference_result = result.windows.get(REFERENCE)
+        if reference_version is not None and result.key.version == reference_version:
+            continue
+        reference_result = reference_of(reference_version, result.key, result.windows, windows_of)
         slices.append(_slice(monitor, result, reference_result, alpha))
     windows = {
         w.name: {

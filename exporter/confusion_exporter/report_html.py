@@ -8,6 +8,7 @@ import math
 from html import escape
 from typing import Any
 
+from .domain import ALL
 from .report import (
     COUNTS,
     OVERALL,
@@ -19,7 +20,6 @@ from .report import (
     repeated_span,
     slice_title,
 )
-from .source.counts import ALL
 from .windows import CURRENT, REFERENCE
 
 STYLE = """

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import MonitorConfig, SequentialConfig, SourceConfig
 from .matrices import NULL, OTHER, class_order
+from .parameters import sequential_parameters
 from .snapshot import SequentialResult, SequentialSlice
 from .source.accepts import AcceptEvent, read_accepts
 from .source.arrivals import fetch_arrivals, first_arrival_query, period_query
@@ -231,7 +232,7 @@ class SequentialTracker:
             names = {c for predicted, actual, _ in cells[key] for c in (predicted, actual)}
             wanted = _watched_classes(known, names, self.monitor)
             if state is None:
-                self.states[key] = seq.initial_state(wanted, self.settings.parameters())
+                self.states[key] = seq.initial_state(wanted, sequential_parameters(self.settings))
                 added = True
             elif wanted != known:
                 self.states[key] = seq.extend_classes(state, wanted)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from .matrices import SliceKey, WindowCounts
@@ -96,3 +96,17 @@ class Snapshot:
 
     taken_at: datetime
     monitors: Mapping[str, MonitorResult]
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the web server serves; replaced as a whole, never mutated."""
+
+    snapshot: Snapshot | None
+    snapshot_bytes: bytes
+    health_bytes: bytes
+    metrics_bytes: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Joined once here, not on every scrape: the exposition can be megabytes.
+        object.__setattr__(self, "metrics_bytes", self.snapshot_bytes + self.health_bytes)

@@ -13,8 +13,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from . import __version__
 from .exposition import CONTENT_TYPE, render_client_errors, render_process
 from .httpserver import BufferedRequestHandler, EndpointServer
-from .refresher import Published
-from .snapshot import SequentialResult, Snapshot, WindowResult
+from .snapshot import Published, SequentialResult, Snapshot, WindowResult
 from .stats.sequential import sentence
 from .stats.shift import ShiftReport
 from .webconfig import BasicAuth, WebConfig, ssl_context

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from .config import MonitorConfig, OffsetReference, SeasonalReference, TrailingReference
-
 CURRENT = "current"
 REFERENCE = "reference"
 
@@ -40,24 +38,3 @@ def bucket_end(now: datetime, bucket: timedelta) -> datetime:
     size = int(bucket.total_seconds())
     epoch = int(now.timestamp())
     return datetime.fromtimestamp((epoch // size + 1) * size, tz=UTC)
-
-
-def monitor_windows(now: datetime, monitor: MonitorConfig, bucket: timedelta) -> tuple[Window, ...]:
-    """Return the windows to count for ``monitor`` as of ``now``: the current one first, then
-    the reference span for trailing, offset and seasonal references (a version reference compares
-    versions within the current window; a baseline is stored, not counted)."""
-    current_end = bucket_end(now, bucket) - monitor.label_delay
-    current_start = current_end - monitor.window
-    current = Window(CURRENT, current_start, current_end)
-    ref = monitor.reference
-    if isinstance(ref, TrailingReference):
-        reference = Window(REFERENCE, current_start - ref.length, current_start)
-    elif isinstance(ref, OffsetReference):
-        reference = Window(REFERENCE, current_start - ref.offset, current_end - ref.offset)
-    elif isinstance(ref, SeasonalReference):
-        reference = Window(
-            REFERENCE, current_start - ref.period, current_end - ref.period, ref.count, ref.period
-        )
-    else:
-        return (current,)
-    return current, reference

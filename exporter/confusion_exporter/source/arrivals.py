@@ -31,8 +31,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..config import MonitorConfig, SourceConfig
+from ..domain import ALL
 from .class_cap import ClassCap, capped_counts, fetch_capped
-from .counts import ALL, source_table
+from .counts import source_table
 from .rejections import RowFields, rejection_reason
 
 ARRIVAL_COLUMNS = ["period", "model", "segment", "predicted", "actual", "n"]

@@ -8,7 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..matrices import SliceKey, WindowCounts
+from ..domain import SliceKey, WindowCounts
 from ..windows import REFERENCE, Window
 
 metadata = sa.MetaData(schema="confusion_exporter")

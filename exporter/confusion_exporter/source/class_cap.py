@@ -27,9 +27,9 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..matrices import NULL, OTHER
+from ..domain import NULL, OTHER, UNKNOWN_CLASS
 from .baselines import cells as baseline_cells
-from .counts import COUNT_COLUMNS, UNKNOWN_CLASS
+from .counts import COUNT_COLUMNS
 
 WINDOW, BASELINE = "window", "baseline"  # where a capped row comes from
 CAPPED_COLUMNS = [*COUNT_COLUMNS, "folded", "origin"]

@@ -16,46 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..config import MonitorConfig, SourceConfig
+from ..domain import ALL
 from ..windows import Window
-from .rejections import (
-    EMPTY_TRUE_CLASS,
-    FUTURE_TIMESTAMP,
-    LABEL_BEFORE_PREDICTION,
-    LABEL_WITHOUT_PREDICTION,
-    MISSING_MODEL,
-    MISSING_PREDICTED_CLASS,
-    MISSING_TIMESTAMP,
-    NON_FINITE_TIMESTAMP,
-    REJECT_REASONS,
-    UNKNOWN_CLASS,
-    RowFields,
-    label_delay_seconds,
-    no_instant,
-    rejection_reason,
-)
-
-ALL = "__all__"  # the label value when a source has no version or segment column
-
-# The reasons live with the expression that assigns them (rejections.py); re-exported here.
-__all__ = [
-    "ALL",
-    "COUNT_COLUMNS",
-    "arrived_label",
-    "count_query",
-    "fetch_counts",
-    "source_table",
-    "window_columns",
-    "EMPTY_TRUE_CLASS",
-    "FUTURE_TIMESTAMP",
-    "LABEL_BEFORE_PREDICTION",
-    "LABEL_WITHOUT_PREDICTION",
-    "MISSING_MODEL",
-    "MISSING_PREDICTED_CLASS",
-    "MISSING_TIMESTAMP",
-    "NON_FINITE_TIMESTAMP",
-    "REJECT_REASONS",
-    "UNKNOWN_CLASS",
-]
+from .rejections import RowFields, label_delay_seconds, no_instant, rejection_reason
 
 COUNT_COLUMNS = ["bucket", "model", "version", "segment", "predicted", "actual", "reason", "n", "delay_sum"]
 

@@ -18,26 +18,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from ..blank import BLANK_CHARACTERS
-
-# A fixed set, so every reason can be exported as 0.
-FUTURE_TIMESTAMP = "future_timestamp"
-NON_FINITE_TIMESTAMP = "non_finite_timestamp"  # 'infinity' or '-infinity': no instant at all
-MISSING_TIMESTAMP = "missing_timestamp"  # predicted_at NULL: no window can hold the row
-MISSING_MODEL = "missing_model"  # NULL or blank
-MISSING_PREDICTED_CLASS = "missing_predicted_class"
-LABEL_WITHOUT_PREDICTION = "label_without_prediction"
-EMPTY_TRUE_CLASS = "empty_true_class"
-LABEL_BEFORE_PREDICTION = "label_before_prediction"  # earlier than future_tolerance allows
-UNKNOWN_CLASS = "unknown_class"  # outside the configured classes: decided in matrices.py
-REJECT_REASONS = (
+from ..domain import (  # noqa: F401 (the reasons live in domain.py; re-exported for the SQL beside them)
+    EMPTY_TRUE_CLASS,
     FUTURE_TIMESTAMP,
-    NON_FINITE_TIMESTAMP,
-    MISSING_TIMESTAMP,
+    LABEL_BEFORE_PREDICTION,
+    LABEL_WITHOUT_PREDICTION,
     MISSING_MODEL,
     MISSING_PREDICTED_CLASS,
-    LABEL_WITHOUT_PREDICTION,
-    EMPTY_TRUE_CLASS,
-    LABEL_BEFORE_PREDICTION,
+    MISSING_TIMESTAMP,
+    NON_FINITE_TIMESTAMP,
+    REJECT_REASONS,
     UNKNOWN_CLASS,
 )
 

@@ -25,11 +25,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..config import MonitorConfig, SourceConfig
-from ..matrices import NULL, SliceKey
-from ..stats.calibration import ConfidenceCounts
-from ..stats.thresholds import ThresholdMatrix, threshold_matrices
+from ..domain import ALL, NULL, ConfidenceCounts, SliceKey
 from ..windows import Window
-from .counts import ALL, arrived_label, source_table, window_columns
+from .counts import arrived_label, source_table, window_columns
 from .rejections import RowFields, rejection_reason
 
 WindowKey = tuple[SliceKey, str]  # (slice, window name)
@@ -165,21 +163,17 @@ def fetch_confidence(connection: Connection, scope: ScoreScope) -> dict[WindowKe
     return out
 
 
-def fetch_threshold_matrices(
-    connection: Connection, scope: ScoreScope
-) -> dict[WindowKey, tuple[ThresholdMatrix, ...]]:
-    """Matrices at each decision threshold per (slice, window), for a two-class monitor."""
+# Per true class: scored labeled predictions, and per threshold how many of them reach it.
+ThresholdCounts = tuple[dict[str, int], dict[str, dict[float, int]]]
+
+
+def fetch_threshold_counts(connection: Connection, scope: ScoreScope) -> dict[WindowKey, ThresholdCounts]:
+    """What the matrices at each decision threshold are built from (stats/thresholds.py), per
+    (slice, window), for a two-class monitor."""
     monitor = scope.monitor
-    assert monitor.classes is not None and monitor.positive_class is not None
-    negative = next(c for c in monitor.classes if c != monitor.positive_class)
-    scored: dict[WindowKey, dict[str, int]] = {}
-    reaching: dict[WindowKey, dict[str, dict[float, int]]] = {}
+    out: dict[WindowKey, ThresholdCounts] = {}
     for key, (true_class, n, *at) in scope.rows(connection, threshold_query(scope)):
-        scored.setdefault(key, {})[str(true_class)] = int(n)
-        reaching.setdefault(key, {})[str(true_class)] = {
-            t: int(k) for t, k in zip(monitor.decision_thresholds, at, strict=True)
-        }
-    return {
-        key: threshold_matrices(negative, monitor.positive_class, scored[key], reaching[key])
-        for key in scored
-    }
+        scored, reaching = out.setdefault(key, ({}, {}))
+        scored[str(true_class)] = int(n)
+        reaching[str(true_class)] = {t: int(k) for t, k in zip(monitor.decision_thresholds, at, strict=True)}
+    return out

@@ -14,33 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from ..domain import ConfidenceCounts
+
 INCORRECT, CORRECT = 0, 1
-
-
-@dataclass(frozen=True)
-class ConfidenceCounts:
-    """Scored, labeled predictions of one slice in one window, aggregated by score bin.
-
-    ``n[outcome, b]`` and ``score_sum[outcome, b]`` per outcome (0 incorrect, 1 correct) and
-    bin; ``high[outcome]`` counts scores at or above the high-confidence threshold.
-    """
-
-    bins: int
-    n: NDArray[np.int64]
-    score_sum: NDArray[np.float64]
-    high: NDArray[np.int64]
-    high_threshold: float
-    invalid: int = 0  # scores outside [0, 1], left out
-
-    @classmethod
-    def empty(cls, bins: int, high_threshold: float) -> ConfidenceCounts:
-        return cls(
-            bins,
-            np.zeros((2, bins), np.int64),
-            np.zeros((2, bins)),
-            np.zeros(2, np.int64),
-            high_threshold,
-        )
 
 
 @dataclass(frozen=True)

@@ -10,19 +10,10 @@ scored labeled predictions and, per threshold, how many reach it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
 
-
-@dataclass(frozen=True)
-class ThresholdMatrix:
-    """The 2 x 2 matrix at ``threshold``, in the order (negative, positive) for rows and columns."""
-
-    threshold: float
-    classes: tuple[str, str]  # (negative, positive)
-    matrix: NDArray[np.int64]
+from ..domain import ThresholdMatrix
 
 
 def threshold_matrices(
