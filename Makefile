@@ -50,7 +50,7 @@ format: install ## apply ruff's formatting and autofixes
 grafana: install ## regenerate Grafana dashboards and alert rules from their sources
 	$(BIN)/python grafana/generate.py
 
-alerting: install ## regenerate alertmanager/alertmanager.yml and Grafana's policies, contact points, mute timings from alertmanager/routing.yml
+alerting: install ## regenerate alertmanager/alertmanager.yml, Grafana's policies, contact points, mute timings and the Kubernetes AlertmanagerConfig from alertmanager/routing.yml
 	$(BIN)/python alertmanager/generate.py
 
 kubernetes: install ## regenerate deploy/kubernetes/'s PrometheusRule and dashboard ConfigMaps from their sources

@@ -1,5 +1,10 @@
 """Generate Alertmanager's config and Grafana's notification provisioning from routing.yml.
 
+Also the Kubernetes package's AlertmanagerConfig: it is one more rendering of this spec (and
+its mistakes are this spec's, exit 2 naming the key), so it is written here, by `make
+alerting`, rather than by deploy/kubernetes/generate.py, which copies the rule files and
+dashboards and never reads the spec.
+
     python alertmanager/generate.py          # write
     python alertmanager/generate.py --check  # exit 1 if a committed file differs (CI)
 
@@ -16,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import render_alertmanager  # noqa: E402 - after the path above
+import render_alertmanagerconfig  # noqa: E402
 import render_grafana  # noqa: E402
 from spec import ROOT, SPEC, Spec, SpecError, load  # noqa: E402
 
@@ -29,6 +35,7 @@ def outputs(spec: Spec) -> dict[Path, str]:
         GRAFANA / "policies.yaml": render_grafana.policies(spec),
         GRAFANA / "contact-points.yaml": render_grafana.contact_points(spec),
         GRAFANA / "mute-timings.yaml": render_grafana.mute_timings(spec),
+        render_alertmanagerconfig.PATH: render_alertmanagerconfig.render(spec),
     }
 
 
@@ -40,12 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        spec = load(args.spec)
+        # Rendering checks too: what one target cannot express (the AlertmanagerConfig).
+        files = outputs(load(args.spec))
     except SpecError as error:
         print(f"{args.spec.name}: {error}", file=sys.stderr)
         return 2
     drift = False
-    for path, text in outputs(spec).items():
+    for path, text in files.items():
         current = path.read_text() if path.exists() else ""
         if current == text:
             continue

@@ -17,6 +17,7 @@ from .rule_labels import RuleLabels
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = ROOT / "alertmanager" / "generate.py"
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
+ALERTMANAGER_CONFIG = ROOT / "deploy/kubernetes/components/alertmanager-config/alertmanagerconfig.yaml"
 SPEC = yaml.safe_load((ROOT / "alertmanager" / "routing.yml").read_text())
 DEMO = yaml.safe_load((ROOT / "exporter" / "confusion_exporter" / "demo.yaml").read_text())
 DEMO_TEAMS = sorted({m["team"] for m in DEMO["monitors"]})
@@ -39,11 +40,43 @@ def test_check_fails_on_drift_and_writes_nothing(tmp_path):
     spec.write_text(
         (ROOT / "alertmanager" / "routing.yml").read_text().replace("  vision: {}", "  vision: {}\n  ocr: {}")
     )
-    before = CONFIG.read_text()
+    before = CONFIG.read_text(), ALERTMANAGER_CONFIG.read_text()
     result = generate("--check", "--spec", str(spec))
     assert result.returncode == 1
     assert "alertmanager/alertmanager.yml: differs" in result.stdout and "+- name: ocr-page" in result.stdout
-    assert CONFIG.read_text() == before
+    # The Kubernetes AlertmanagerConfig is one more rendering of the spec: it drifts too.
+    assert f"{ALERTMANAGER_CONFIG.relative_to(ROOT)}: differs" in result.stdout
+    assert "+  - name: ocr-page\n" in result.stdout and "+        key: ocr-page-url\n" in result.stdout
+    assert (CONFIG.read_text(), ALERTMANAGER_CONFIG.read_text()) == before
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (
+            ("api_url_file: /etc", "api_url: https://hooks.example/x #"),
+            "teams.payments-ml.receivers.ticket.slack_configs[0].api_url",
+        ),
+        (
+            ("routing_key_file: /etc", "routing_key: abc #"),
+            "teams.payments-ml.receivers.page.pagerduty_configs[0].routing_key",
+        ),
+        (("smtp_auth_password_file: /etc", "smtp_auth_password: hunter2 #"), "global.smtp_auth_password"),
+    ],
+)
+def test_an_inline_secret_the_alertmanager_config_cannot_read_exits_2(tmp_path, edit, key):
+    """Alertmanager takes these inline; the CRD from a Secret only: the spec must give the file."""
+    text = uncommented_spec()
+    assert edit[0] in text
+    spec = tmp_path / "routing.yml"
+    spec.write_text(text.replace(edit[0], edit[1], 1))
+    result = generate("--check", "--spec", str(spec))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(
+        f"routing.yml: {key}: the AlertmanagerConfig reads this secret from a Secret only"
+    ), result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "hunter2" not in result.stderr and "abc" not in result.stderr
 
 
 @pytest.mark.parametrize(

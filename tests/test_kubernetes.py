@@ -175,13 +175,28 @@ def operator_models() -> dict[str, type[BaseModel]]:
     }
 
 
+def _strictly(model: type[BaseModel], data: dict[str, Any], where: str) -> None:
+    parsed = model.model_validate(data)
+    ignored = unknown_fields(data, parsed.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    if ignored:
+        raise ValueError(f"{where}: fields the CRD does not have: {ignored}")
+
+
 def validate_operator_object(obj: dict[str, Any]) -> None:
     """Validate against the CRD's model, and refuse what the model would silently drop."""
-    model = operator_models()[f"{obj['apiVersion']}/{obj['kind']}"]
-    parsed = model.model_validate(obj)
-    ignored = unknown_fields(obj, parsed.model_dump(by_alias=True, exclude_none=True, mode="json"))
-    if ignored:
-        raise ValueError(f"{obj['kind']} {obj['metadata']['name']}: fields the CRD does not have: {ignored}")
+    where = f"{obj['kind']} {obj['metadata']['name']}"
+    _strictly(operator_models()[f"{obj['apiVersion']}/{obj['kind']}"], obj, where)
+    if obj["kind"] == "AlertmanagerConfig":
+        # The CRD leaves a route's `routes` untyped (it is recursive): each child is checked
+        # as a Route here, or a typo below the root would pass.
+        from cloudcoil.models.prometheus_operator.v1alpha1 import Route
+
+        def children(route: dict[str, Any], path: str) -> None:
+            for n, child in enumerate(route.get("routes", [])):
+                _strictly(Route, child, f"{where}: {path}.routes[{n}]")
+                children(child, f"{path}.routes[{n}]")
+
+        children(obj["spec"]["route"], "spec.route")
 
 
 def validate(obj: dict[str, Any]) -> None:
@@ -220,9 +235,12 @@ def test_the_validators_refuse_a_misspelt_field(rendered):
         "ServiceMonitor": lambda spec: spec["endpoints"][0].update(intervall="15s"),
         "PrometheusRule": lambda spec: spec["groups"][0].update(evaluation_interval="30s"),
         "AlertmanagerConfig": lambda spec: spec["receivers"][0].update(webhookConfig=[]),
+        "AlertmanagerConfig/nested route": lambda spec: spec["route"]["routes"][0]["routes"][0].update(
+            groupby=["team"]
+        ),
     }
-    for kind, typo in typos.items():
-        broken = copy.deepcopy(one(objects, kind))
+    for case, typo in typos.items():
+        broken = copy.deepcopy(one(objects, case.split("/")[0]))
         typo(broken["spec"])
         with pytest.raises(ValueError, match="fields the CRD does not have"):
             validate(broken)
@@ -545,37 +563,182 @@ def test_the_plain_overlay_needs_no_operator_and_its_prometheus_config_passes_pr
     assert f"SUCCESS: {len(RULE_FILES)} rule files found" in result.stdout + result.stderr
 
 
-def test_alertmanager_config_routes_every_alert_to_a_defined_receiver(rendered):
+ROUTING = yaml.safe_load((ROOT / "alertmanager" / "routing.yml").read_text())
+ALERTMANAGER = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
+ALERTING_SECRET = "confusion-exporter-alerting"
+
+
+def alertmanager_config(rendered: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return one(rendered["kube-prometheus-stack-alerting"], "AlertmanagerConfig")["spec"]
+
+
+def crd_matches(matchers: list[dict[str, str]], labels: dict[str, str]) -> bool:
+    ops = {
+        "=": lambda v, p: v == p,
+        "!=": lambda v, p: v != p,
+        "=~": lambda v, p: re.fullmatch(p, v) is not None,
+        "!~": lambda v, p: re.fullmatch(p, v) is None,
+    }
+    return all(ops[m["matchType"]](labels.get(m["name"], ""), m["value"]) for m in matchers)
+
+
+def crd_receivers(route: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """The receivers an alert reaches below a route it matched, as Alertmanager walks the
+    tree: the first matching child (and the next ones while `continue`), else the route."""
+    reached = []
+    for child in route.get("routes", []):
+        if crd_matches(child.get("matchers", []), labels):
+            reached += crd_receivers(child, labels)
+            if not child.get("continue", False):
+                break
+    return reached or [route["receiver"]]
+
+
+def test_alertmanager_config_routes_every_alert_to_its_teams_receiver(rendered):
     config = one(rendered["kube-prometheus-stack-alerting"], "AlertmanagerConfig")
     assert not kind_of(rendered["kube-prometheus-stack"], "AlertmanagerConfig")  # optional
     spec = config["spec"]
     receivers = {r["name"] for r in spec["receivers"]}
     intervals = {m["name"] for m in spec["muteTimeIntervals"]}
-    routes = [spec["route"], *spec["route"]["routes"]]
-    for route in routes:
+
+    def walk(route: dict[str, Any]) -> list[dict[str, Any]]:
+        return [route, *(r for child in route.get("routes", []) for r in walk(child))]
+
+    for route in walk(spec["route"]):
         assert route["receiver"] in receivers
         assert set(route.get("muteTimeIntervals", [])) <= intervals
     for receiver in spec["receivers"]:
         for webhook in receiver["webhookConfigs"]:
-            assert "url" not in webhook and webhook["urlSecret"]["name"] == "confusion-exporter-alerting"
+            assert "url" not in webhook and webhook["urlSecret"]["name"] == ALERTING_SECRET
 
-    def matches(route: dict[str, Any], labels: dict[str, str]) -> bool:
-        ops = {"=": lambda v, p: v == p, "=~": lambda v, p: re.fullmatch(p, v) is not None}
-        return all(
-            ops[m["matchType"]](labels.get(m["name"], ""), m["value"]) for m in route.get("matchers", [])
-        )
-
-    # Each alert of the rules file: the first child route it matches, as Alertmanager routes.
+    kinds = {name: body["kind"] for name, body in ROUTING["severities"].items()}
+    demo = yaml.safe_load((ROOT / "exporter" / "confusion_exporter" / "demo.yaml").read_text())
+    teams = sorted({m["team"] for m in demo["monitors"]})
+    assert set(teams) < set(ROUTING["teams"])
+    cases = 0
     for rule in (r for g in rule_groups() for r in g["rules"] if "alert" in r):
-        labels = {"alertname": rule["alert"], "team": "some-team", **rule["labels"]}
-        assert matches(spec["route"], labels), rule["alert"]
-        chosen = next(r for r in spec["route"]["routes"] if matches(r, labels))
-        if labels.get("team") == "ml-platform":
-            expected = "confusion-platform"
-        else:
-            expected = "confusion-page" if labels["severity"] == "critical" else "confusion-ticket"
-        assert chosen["receiver"] == expected, rule["alert"]
+        labels = {"alertname": rule["alert"], **rule["labels"]}
+        kind = kinds[labels["severity"]]
+        # The platform's alerts carry their team; a model alert its monitor's, or one no
+        # route knows (it reaches the fallback team).
+        for team in [labels["team"]] if "team" in labels else [*teams, "unheard-of"]:
+            alert = {**labels, "team": team}
+            assert crd_matches(spec["route"]["matchers"], alert), rule["alert"]
+            owner = ROUTING["fallback_team"] if team == "unheard-of" else team
+            assert crd_receivers(spec["route"], alert) == [f"{owner}-{kind}"], (rule["alert"], team)
+            cases += 1
+    assert cases > len(teams)
+    # Another exporter's alert is not this object's to route (nor to send to the fallback).
+    assert not crd_matches(spec["route"]["matchers"], {"alertname": "KubePodCrashLooping"})
     assert config["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def am_matcher(text: str) -> dict[str, str]:
+    """alertmanager.yml's `name="value"` (the form the generator writes) in the CRD's form."""
+    found = re.fullmatch(r'(\w+)(=~|!~|!=|=)"(.*)"', text)
+    assert found, text
+    return {"name": found[1], "value": found[3], "matchType": found[2]}
+
+
+def camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
+def am_route_as_crd(route: dict[str, Any]) -> dict[str, Any]:
+    """An alertmanager.yml route, its keys camelCased and its matchers as objects."""
+    out = {}
+    for key, value in route.items():
+        if key == "matchers":
+            out[key] = [am_matcher(m) for m in value]
+        elif key == "routes":
+            out[key] = [am_route_as_crd(child) for child in value]
+        else:
+            out[camel(key)] = value
+    return out
+
+
+def test_alertmanager_config_route_tree_is_alertmanager_ymls(rendered):
+    route = copy.deepcopy(alertmanager_config(rendered)["route"])
+    # The one difference: the root takes the rule files' alerts only (in a shared
+    # Alertmanager, its fallback receiver would otherwise take everyone's).
+    (root_matcher,) = route.pop("matchers")
+    alerts = [r["alert"] for g in rule_groups() for r in g["rules"] if "alert" in r]
+    assert root_matcher["name"] == "alertname" and root_matcher["matchType"] == "=~"
+    assert sorted(root_matcher["value"].split("|")) == sorted(alerts)
+    assert "matchers" not in ALERTMANAGER["route"]
+    assert route == am_route_as_crd(ALERTMANAGER["route"])
+    assert route["routes"], "a tree, not just a root"
+
+
+def test_alertmanager_config_inhibits_and_mutes_as_alertmanager_yml(rendered):
+    spec = alertmanager_config(rendered)
+    expected = [
+        {
+            "sourceMatch": [am_matcher(m) for m in rule["source_matchers"]],
+            "targetMatch": [am_matcher(m) for m in rule["target_matchers"]],
+            "equal": rule["equal"],
+        }
+        for rule in ALERTMANAGER["inhibit_rules"]
+    ]
+    assert spec["inhibitRules"] == expected and len(expected) == len(ROUTING["inhibit"])
+
+    def interval_as_crd(interval: dict[str, Any]) -> dict[str, Any]:
+        out = {camel(k): v for k, v in interval.items()}
+        if "times" in out:
+            out["times"] = [{camel(k): v for k, v in t.items()} for t in out["times"]]
+        return out
+
+    assert spec["muteTimeIntervals"] == [
+        {"name": i["name"], "timeIntervals": [interval_as_crd(t) for t in i["time_intervals"]]}
+        for i in ALERTMANAGER["time_intervals"]
+    ]
+    # Receivers: alertmanager.yml's, each webhook's sink URL replaced by a Secret key.
+    assert [r["name"] for r in spec["receivers"]] == [r["name"] for r in ALERTMANAGER["receivers"]]
+    for ours, theirs in zip(spec["receivers"], ALERTMANAGER["receivers"], strict=True):
+        assert [w["sendResolved"] for w in ours["webhookConfigs"]] == [
+            w["send_resolved"] for w in theirs["webhook_configs"]
+        ]
+        assert [w["urlSecret"]["key"] for w in ours["webhookConfigs"]] == [f"{ours['name']}-url"]
+
+
+def test_the_routing_specs_receiver_examples_map_to_the_crds_fields(tmp_path):
+    """routing.yml's commented PagerDuty, Slack and email receivers, uncommented, make an
+    AlertmanagerConfig the CRD accepts strictly, their secret files as Secret keys."""
+    from .test_alertmanager import uncommented_spec
+
+    (tmp_path / "routing.yml").write_text(uncommented_spec())
+    sys.path.insert(0, str(ROOT / "alertmanager"))
+    try:
+        import render_alertmanagerconfig
+        import spec as routing_spec
+    finally:
+        sys.path.remove(str(ROOT / "alertmanager"))
+    text = render_alertmanagerconfig.render(routing_spec.load(tmp_path / "routing.yml"))
+    obj = yaml.safe_load(text)
+    validate_operator_object(obj)
+    receivers = {r["name"]: r for r in obj["spec"]["receivers"]}
+    secret = {"name": ALERTING_SECRET}
+    (pagerduty,) = receivers["payments-ml-page"]["pagerdutyConfigs"]
+    assert pagerduty == {"routingKey": {**secret, "key": "payments-pagerduty-key"}, "sendResolved": True}
+    (slack,) = receivers["payments-ml-ticket"]["slackConfigs"]
+    assert slack["apiURL"] == {**secret, "key": "payments-slack-url"}
+    assert slack["channel"] == "#payments-ml-alerts" and slack["title"].startswith("{{ template")
+    (email,) = receivers["research-ml-ticket"]["emailConfigs"]
+    # The global SMTP settings alertmanager.yml's email receivers inherit, in the receiver.
+    assert email == {
+        "smarthost": "smtp.example.com:587",
+        "from": "alerts@example.com",
+        "authUsername": "alerts@example.com",
+        "authPassword": {**secret, "key": "smtp-password"},
+        "to": "research-ml@example.com",
+        "sendResolved": True,
+    }
+    # The header lists every key the object reads.
+    header = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#   "))
+    listed = set(header.replace(",", " ").split())
+    assert listed == secret_references([obj])[ALERTING_SECRET]
+    assert {"payments-pagerduty-key", "payments-slack-url", "smtp-password"} <= listed
 
 
 def test_network_policies_admit_prometheus_only_and_let_out_dns_and_postgres(rendered):
@@ -621,7 +784,8 @@ def secret_references(objects: list[dict[str, Any]]) -> dict[str, set[str]]:
         if isinstance(node, dict):
             if "secretName" in node and "items" in node:
                 found.setdefault(node["secretName"], set()).update(i["key"] for i in node["items"])
-            for ref in ("secretKeyRef", "urlSecret"):
+            # A pod's secretKeyRef, and the AlertmanagerConfig's SecretKeySelectors.
+            for ref in ("secretKeyRef", "urlSecret", "routingKey", "serviceKey", "apiURL", "authPassword"):
                 if ref in node:
                     found.setdefault(node[ref]["name"], set()).add(node[ref]["key"])
             for value in node.values():
