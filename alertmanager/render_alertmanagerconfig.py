@@ -235,7 +235,10 @@ def _time_interval(interval: dict[str, Any], key: str) -> dict[str, Any]:
         elif field in ("weekdays", "months", "years"):
             out[field] = value
         else:
-            raise SpecError(f"{key}.{field}: the AlertmanagerConfig's time intervals have no {field}")
+            raise SpecError(
+                f"{key}.{field}: the AlertmanagerConfig's time intervals have no {field}; "
+                "leave it out (times are then UTC)"
+            )
     return out
 
 

@@ -104,6 +104,16 @@ def test_a_spec_mistake_exits_2_naming_the_key(tmp_path, edit, key):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_time_interval_the_alertmanager_config_cannot_express_exits_2(tmp_path):
+    text = (ROOT / "alertmanager" / "routing.yml").read_text()
+    spec = tmp_path / "routing.yml"
+    spec.write_text(text.rstrip() + "\n  in-paris:\n    - weekdays: [monday]\n      location: Europe/Paris\n")
+    result = generate("--check", "--spec", str(spec))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("routing.yml: mute_time_intervals.in-paris[0].location: "), result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_amtool_accepts_the_generated_config(amtool):
     result = subprocess.run([amtool, "check-config", str(CONFIG)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -702,19 +702,50 @@ def test_alertmanager_config_inhibits_and_mutes_as_alertmanager_yml(rendered):
         assert [w["urlSecret"]["key"] for w in ours["webhookConfigs"]] == [f"{ours['name']}-url"]
 
 
-def test_the_routing_specs_receiver_examples_map_to_the_crds_fields(tmp_path):
-    """routing.yml's commented PagerDuty, Slack and email receivers, uncommented, make an
-    AlertmanagerConfig the CRD accepts strictly, their secret files as Secret keys."""
-    from .test_alertmanager import uncommented_spec
-
-    (tmp_path / "routing.yml").write_text(uncommented_spec())
+def render_alertmanager_config(spec_text: str, tmp_path: Path) -> str:
+    """The generator's AlertmanagerConfig for a routing spec of the test's."""
+    (tmp_path / "routing.yml").write_text(spec_text)
     sys.path.insert(0, str(ROOT / "alertmanager"))
     try:
         import render_alertmanagerconfig
         import spec as routing_spec
     finally:
         sys.path.remove(str(ROOT / "alertmanager"))
-    text = render_alertmanagerconfig.render(routing_spec.load(tmp_path / "routing.yml"))
+    return render_alertmanagerconfig.render(routing_spec.load(tmp_path / "routing.yml"))
+
+
+MONTH_END = """
+  month-end:
+    - days_of_month: ["1:7", "-1"]
+      months: ["january:march", december]
+      years: ["2026:2027"]
+      weekdays: ["monday:friday"]
+"""
+
+
+def test_every_kind_of_time_interval_maps_to_the_crds_fields(tmp_path):
+    """Days of the month are ranges of numbers in the CRD, strings in Alertmanager."""
+    text = (ROOT / "alertmanager" / "routing.yml").read_text()
+    assert text.rstrip().endswith("- weekdays: [saturday, sunday]")  # the last section
+    obj = yaml.safe_load(render_alertmanager_config(text.rstrip() + MONTH_END, tmp_path))
+    validate_operator_object(obj)
+    (month_end,) = [m for m in obj["spec"]["muteTimeIntervals"] if m["name"] == "month-end"]
+    assert month_end["timeIntervals"] == [
+        {
+            "daysOfMonth": [{"start": 1, "end": 7}, {"start": -1, "end": -1}],
+            "months": ["january:march", "december"],
+            "years": ["2026:2027"],
+            "weekdays": ["monday:friday"],
+        }
+    ]
+
+
+def test_the_routing_specs_receiver_examples_map_to_the_crds_fields(tmp_path):
+    """routing.yml's commented PagerDuty, Slack and email receivers, uncommented, make an
+    AlertmanagerConfig the CRD accepts strictly, their secret files as Secret keys."""
+    from .test_alertmanager import uncommented_spec
+
+    text = render_alertmanager_config(uncommented_spec(), tmp_path)
     obj = yaml.safe_load(text)
     validate_operator_object(obj)
     receivers = {r["name"]: r for r in obj["spec"]["receivers"]}
