@@ -9,6 +9,7 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -171,13 +172,14 @@ def _slice_codes(frame: pd.DataFrame) -> tuple[list[SliceKey], NDArray[np.int64]
     return keys, slice_code.astype(np.int64)
 
 
-def _class_codes(frame: pd.DataFrame) -> tuple[list[object], NDArray[np.int64], NDArray[np.int64]]:
+def _class_codes(frame: pd.DataFrame) -> tuple[list[str], NDArray[np.int64], NDArray[np.int64]]:
     """The class names either column holds, and each row's predicted and true class as
     indexes into them (-1 for none)."""
     both = pd.concat([frame["predicted"].astype(object), frame["actual"].astype(object)], ignore_index=True)
     codes, uniques = pd.factorize(both)
     codes = codes.astype(np.int64)
-    return list(uniques), codes[: len(frame)], codes[len(frame) :]
+    # The readers return class names as text (source/counts.py casts them).
+    return cast(list[str], list(uniques)), codes[: len(frame)], codes[len(frame) :]
 
 
 def _reason_codes(frame: pd.DataFrame) -> NDArray[np.int64]:
@@ -200,10 +202,10 @@ class _Layout:
 
 
 def _configured_classes(
-    class_set: tuple[str, ...], class_names: list[object], data: _Rows, slices: int
+    class_set: tuple[str, ...], class_names: list[str], data: _Rows, slices: int
 ) -> _Layout:
     index = {name: i for i, name in enumerate(class_set)}
-    position = np.array([index.get(name, -1) for name in class_names] + [-1], dtype=np.int64)  # type: ignore[call-overload]
+    position = np.array([index.get(name, -1) for name in class_names] + [-1], dtype=np.int64)
     return _Layout(
         [class_set] * slices,
         position[data.predicted],
@@ -212,7 +214,7 @@ def _configured_classes(
     )
 
 
-def _discovered_classes(class_names: list[object], data: _Rows, slices: int, max_classes: int) -> _Layout:
+def _discovered_classes(class_names: list[str], data: _Rows, slices: int, max_classes: int) -> _Layout:
     """Per slice, the classes its counted rows name in any window, capped by frequency."""
     counted = data.reason_code < 0
     labeled = counted & (data.actual >= 0)
@@ -237,12 +239,12 @@ def _discovered_classes(class_names: list[object], data: _Rows, slices: int, max
     counts = totals.tolist()
     for s in range(slices):
         lo, hi = int(bounds[s]), int(bounds[s + 1])
-        class_set, folded = _cap_classes(list(zip(names[lo:hi], counts[lo:hi], strict=True)), max_classes)  # type: ignore[arg-type]
+        class_set, folded = _cap_classes(list(zip(names[lo:hi], counts[lo:hi], strict=True)), max_classes)
         class_sets.append(class_set)
         index = {name: i for i, name in enumerate(class_set)}
         other = index.get(OTHER, -1)
         for j in range(lo, hi):
-            position[j] = index.get(names[j], other)  # type: ignore[call-overload]
+            position[j] = index.get(names[j], other)
             folds[j] = names[j] in folded
     row_position = np.full(len(data.n), -1, dtype=np.int64)
     row_folded = np.zeros(len(data.n), dtype=bool)
