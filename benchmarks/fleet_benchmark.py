@@ -1,7 +1,7 @@
 """A fleet in one exporter: what a refresh costs against what its SQL costs (issue 18).
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
-        .venv/bin/python benchmarks/fleet_benchmark.py            # 1,000 slices, 1.5M rows
+        .venv/bin/python benchmarks/fleet_benchmark.py             # 1,000 slices, 200k rows
     .venv/bin/python benchmarks/fleet_benchmark.py --rows 10000000 # the issue's full run
 
 Creates a scratch database (dropped afterwards) in the reference schema: ``--models`` models
@@ -270,7 +270,7 @@ def main() -> None:
     parser.add_argument("--versions", type=int, default=2)
     parser.add_argument("--segments", type=int, default=5)
     parser.add_argument("--classes", type=int, default=5)
-    parser.add_argument("--rows", type=int, default=1_500_000, help="predictions over 8 days")
+    parser.add_argument("--rows", type=int, default=200_000, help="predictions over 8 days")
     parser.add_argument("--reference", default="7d", help="the trailing reference's length")
     parser.add_argument("--refreshes", type=int, default=5, help="measured refreshes (after one warm-up)")
     parser.add_argument(
