@@ -302,3 +302,25 @@ def test_a_fleet_of_slices_is_built_in_one_pass() -> None:
     assert len(expected) == 400
     assert sum(w.rejected[UNKNOWN_CLASS] for by_window in expected.values() for w in by_window.values()) > 0
     assert_same(build_slices(rows, windows, BUCKET, ["2", "7", "10", "007"], 5), expected)
+
+
+def test_a_row_where_windows_overlap_counts_in_the_later_window() -> None:
+    windows = LAYOUTS["overlapping"]  # the reference ends 2 buckets into the current window
+    rows = pd.DataFrame(
+        {
+            "bucket": [FIRST - 3, FIRST - 1],  # inside both; inside the current window only
+            "model": "m",
+            "version": "v1",
+            "segment": "eu",
+            "predicted": ["2", "10"],
+            "actual": ["2", "10"],
+            "reason": None,
+            "n": [5, 7],
+            "delay_sum": [1.0, 2.0],
+        }
+    )
+    ours = build_slices(rows, windows, BUCKET, None, 5)
+    assert_same(ours, reference_build_slices(rows, windows, BUCKET, None, 5))
+    by_window = ours[SliceKey("m", "v1", "eu")]
+    assert by_window[REFERENCE].labeled_total == 5 and by_window[CURRENT].labeled_total == 7
+    assert by_window[CURRENT].classes == ("2", "10")
