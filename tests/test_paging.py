@@ -222,3 +222,51 @@ def test_the_page_as_a_whole_joins_overlapping_pages():
     assert list(np.flatnonzero(s[:100])[[0, -1]]) == [20, 37]  # no `for`, kept 15 steps
     assert list(onsets(w)) == [35] and list(onsets(s)) == [20, 103]
     assert list(onsets(w | s)) == [20, 103]  # the overlap is one page (the sequential layer first)
+
+
+@pytest.mark.parametrize("skip", [None, 0.03])
+def test_a_seasonal_reference_pools_the_window_on_earlier_periods(skip):
+    """With ``seasonal=(period, count)``, each evaluation compares the last window with the sum
+    of the same window shifted back by 1..count periods: equal to the exact test on slices of
+    the raw stream summed by hand (a stream whose volume and errors change every period, so a
+    trailing or single-offset reference would differ); evaluations start once the whole
+    reference exists; and with the effect filter, the decisions are the same."""
+    rng = np.random.default_rng(21)
+    before, after = structured_classifier(3), structured_classifier(3, accuracy=0.8)
+    period, count, window = 50, 3, 10
+    m = np.arange(count * period + window + 60)
+    counts = simulate_counts(
+        rng,
+        np.where((m // period) % 2 == 0, 40.0, 8.0),
+        seasonal_priors_at(before.priors, m * 29),
+        np.stack([before.confusion, after.confusion]),
+        ((m // 7) % 3 == 0).astype(np.int64),
+    )
+    params = ShiftParameters(alpha=0.01, min_effect=0.0, min_samples=1, monte_carlo_samples=99)
+    ev = evaluate_stream(counts, window, 1440, 0, 3, params, skip_effect_below=skip, seasonal=(period, count))
+    first = count * period + window
+    assert ev.minutes[0] == first and list(ev.minutes) == list(range(first, len(m) + 1, 3))
+    checked = []
+    for minute, p, effect, n_ref, n_cur in zip(
+        ev.minutes, ev.p_value, ev.effect, ev.n_reference, ev.n_current, strict=True
+    ):
+        ref = sum(
+            counts[minute - j * period - window : minute - j * period].sum(axis=0)
+            for j in range(1, count + 1)
+        )
+        cur = counts[minute - window : minute].sum(axis=0)
+        result, _, _ = error_pattern_test(ref, cur, ("0", "1", "2"), params)
+        assert (n_ref, n_cur) == (result.n_reference, result.n_current)
+        assert abs(effect - result.effect_size) < 1e-12
+        if skip is None or effect >= skip:
+            assert p == result.p_value
+        checked.append(result.p_value < 0.01 and result.effect_size >= 0.03)
+        decided = p < 0.01 and effect >= 0.03
+        assert decided == checked[-1]
+    assert any(checked) and not all(checked)  # both decisions occur: the comparison has teeth
+    # offset=d is seasonal=(d, 1)
+    one = evaluate_stream(counts, window, 1440, 0, 3, params, seasonal=(period, 1))
+    off = evaluate_stream(counts, window, 1440, 0, 3, params, offset=period)
+    assert np.array_equal(one.minutes, off.minutes) and np.array_equal(one.p_value, off.p_value)
+    with pytest.raises(ValueError):
+        evaluate_stream(counts, window, 1440, 0, 3, params, offset=period, seasonal=(period, 2))

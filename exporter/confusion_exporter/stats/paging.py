@@ -223,6 +223,7 @@ def evaluate_stream(
     stop: Callable[[float, float, int, int], bool] | None = None,
     skip_effect_below: float | None = None,
     offset: int | None = None,
+    seasonal: tuple[int, int] | None = None,
 ) -> Evaluations:
     """The error-pattern test every ``step`` minutes from ``start``: the last ``window``
     minutes against the ``reference`` minutes before them (a trailing reference).
@@ -237,20 +238,44 @@ def evaluate_stream(
 
     ``offset``: the reference is the current window shifted back by this many minutes (the
     product's ``offset`` reference, e.g. a day for a daily cycle) instead of the trailing
-    ``reference`` minutes."""
+    ``reference`` minutes.
+
+    ``seasonal=(period, count)``: the product's ``seasonal`` reference, the current window
+    shifted back by ``k * period`` minutes for k = 1..count, pooled (the matrices summed), e.g.
+    ``(1440, 7)`` for the same hour on each of the last 7 days. ``offset=d`` is
+    ``seasonal=(d, 1)``. Evaluations start where the whole reference exists (``count *
+    period + window`` minutes into the stream, or ``start`` if later)."""
     k = stream.shape[1]
     classes = tuple(str(i) for i in range(k))
     cumulative = np.concatenate([np.zeros((1, k, k), np.int64), np.cumsum(stream, axis=0)])
-    # The reference of an evaluation at minute m: [ref_end - ref_length, ref_end).
-    ref_back, ref_length = (window, reference) if offset is None else (offset, window)
-    at = np.arange(max(start, ref_back + ref_length), stream.shape[0] + 1, step)
+    if offset is not None and seasonal is not None:
+        raise ValueError("offset and seasonal are two references: pass one")
+    # The reference of an evaluation at minute m: the sum of the slices
+    # [m - back - length, m - back) over (back, length) in ``slices``.
+    if seasonal is not None:
+        period, count = seasonal
+        if period < 1 or count < 1:
+            raise ValueError(f"seasonal needs a period and a count of at least 1, got {seasonal}")
+        slices = [(k * period, window) for k in range(1, count + 1)]
+    elif offset is not None:
+        slices = [(offset, window)]
+    else:
+        slices = [(window, reference)]
+
+    def reference_at(m: NDArray[np.int64] | np.int64) -> NDArray[np.int64]:
+        return sum(  # type: ignore[return-value]
+            (cumulative[m - back] - cumulative[m - back - length] for back, length in slices),
+            np.zeros((*np.shape(m), k, k), np.int64),
+        )
+
+    at = np.arange(max(start, max(back + length for back, length in slices)), stream.shape[0] + 1, step)
     p, effect, n_ref, n_cur = (np.empty(len(at)) for _ in range(4))
     skip = np.zeros(len(at), bool)
     if skip_effect_below is not None:
         for lo in range(0, len(at), MINUTES_PER_DAY):  # a day at a time: bounded memory
             m = at[lo : lo + MINUTES_PER_DAY]
             cur_all = cumulative[m] - cumulative[m - window]
-            ref_all = cumulative[m - ref_back] - cumulative[m - ref_back - ref_length]
+            ref_all = reference_at(m)
             effects = error_pattern_effects(ref_all, cur_all, params.min_row_samples)
             chunk = effects < skip_effect_below - EFFECT_FILTER_MARGIN
             skip[lo : lo + len(m)] = chunk
@@ -261,7 +286,7 @@ def evaluate_stream(
     for i, minute in enumerate(at):
         if not skip[i]:
             current = cumulative[minute] - cumulative[minute - window]
-            ref = cumulative[minute - ref_back] - cumulative[minute - ref_back - ref_length]
+            ref = reference_at(minute)
             result, _, _ = error_pattern_test(ref, current, classes, params)
             p[i], effect[i], n_ref[i], n_cur[i] = (
                 result.p_value,
