@@ -56,13 +56,14 @@ alerting: install ## regenerate alertmanager/alertmanager.yml, Grafana's policie
 kubernetes: install ## regenerate deploy/kubernetes/'s PrometheusRule and dashboard ConfigMaps from their sources
 	$(BIN)/python deploy/kubernetes/generate.py
 
-bench: install tools ## benchmarks that print figures (about 6 min; 10M rows and the false-pages study: docs/)
+bench: install tools ## benchmarks that print figures (about 9 min; 10M rows and the false-pages study: docs/)
 	$(BIN)/python benchmarks/scrape_benchmark.py
 	$(BIN)/python benchmarks/live_rss.py
 	$(BIN)/python benchmarks/scrape_load.py
 	$(BIN)/python benchmarks/rollup_benchmark.py --rows 1000000 --repeat 3
+	$(BIN)/python benchmarks/fleet_benchmark.py --refreshes 3
 
-study: install ## issue 15's study: false pages and delays of the whole shift page (about 25-45 min on 2 cores; docs/statistics.md)
+study: install ## issue 15's study: false pages and delays of the whole shift page (about 21 min on 2 idle cores, 67 min loaded; docs/statistics.md)
 	$(BIN)/python benchmarks/false_pages.py --whole-page --months 4 --reps 12
 
 demo: install ## run the product without Docker: embedded Postgres, simulator, exporter on :9745

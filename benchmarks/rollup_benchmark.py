@@ -43,7 +43,7 @@ from confusion_exporter.source.counts import count_query, fetch_counts
 from confusion_exporter.source.database import reader_engine
 from confusion_exporter.source.reference_schema import VIEW, VIEW_COLUMNS
 from confusion_exporter.source.rollup import FoldResult, fetch_window_rows, fold, reset
-from confusion_exporter.windows import monitor_windows
+from confusion_exporter.references import monitor_windows
 
 SOURCE = {"name": "ref", "table": VIEW, "columns": VIEW_COLUMNS, "rollup": True}
 
