@@ -39,11 +39,11 @@ from sklearn.metrics import confusion_matrix
 from confusion_exporter import migrate
 from confusion_exporter.config import DatabaseUrl, config_from_mapping, parse_duration
 from confusion_exporter.folding import SourceFolder
+from confusion_exporter.references import monitor_windows
 from confusion_exporter.source.counts import count_query, fetch_counts
 from confusion_exporter.source.database import reader_engine
 from confusion_exporter.source.reference_schema import VIEW, VIEW_COLUMNS
 from confusion_exporter.source.rollup import FoldResult, fetch_window_rows, fold, reset
-from confusion_exporter.references import monitor_windows
 
 SOURCE = {"name": "ref", "table": VIEW, "columns": VIEW_COLUMNS, "rollup": True}
 

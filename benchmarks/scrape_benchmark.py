@@ -22,8 +22,7 @@ import numpy as np
 from confusion_exporter.domain import REJECT_REASONS
 from confusion_exporter.exposition import HealthCollector, HealthState, SnapshotCollector, render
 from confusion_exporter.matrices import SliceKey, WindowCounts
-from confusion_exporter.snapshot import Published
-from confusion_exporter.snapshot import MonitorResult, SliceResult, Snapshot, WindowResult
+from confusion_exporter.snapshot import MonitorResult, Published, SliceResult, Snapshot, WindowResult
 from confusion_exporter.stats.classification import classification_metrics
 from confusion_exporter.stats.shift import ShiftParameters, shift_report
 from confusion_exporter.web import make_server
