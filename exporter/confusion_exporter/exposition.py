@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from . import __version__
 from . import metric_catalog as catalog
 from .domain import REJECT_REASONS
 from .matrices import WindowCounts
+from .render import RENDERER, Samples
 from .snapshot import SequentialResult, SliceResult, Snapshot, WindowResult
 from .stats import sequential as seq
 from .stats.classification import ClassificationMetrics
@@ -54,10 +55,14 @@ class _CatalogCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self.filled().values()
 
-    def filled(self) -> Families:
-        metrics = {family: family.new() for family in self.families}
+    def filled(self, new: Callable[[catalog.Family], Any] = catalog.Family.new) -> Families:
+        """The families filled: prometheus_client's by default, render.Samples for the renderer."""
+        metrics = {family: new(family) for family in self.families}
         self._fill(metrics)
         return metrics
+
+    def samples(self) -> list[Samples]:
+        return list(self.filled(Samples).values())
 
     def _fill(self, f: Families) -> None:
         raise NotImplementedError
@@ -259,10 +264,16 @@ class SnapshotCollector(Collector):
         return [family.new() for family in catalog.SNAPSHOT]
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._filled(catalog.Family.new)
+
+    def samples(self) -> list[Samples]:
+        return self._filled(Samples)
+
+    def _filled(self, new: Callable[[catalog.Family], Any]) -> list[Any]:
         metrics: Families = {}
         for part in self._parts:
-            metrics.update(part.filled())
-        yield from (metrics[family] for family in catalog.SNAPSHOT)
+            metrics.update(part.filled(new))
+        return [metrics[family] for family in catalog.SNAPSHOT]
 
 
 @dataclass
@@ -333,11 +344,18 @@ class HealthCollector(_CatalogCollector):
 
 
 def render(*collectors: Collector) -> bytes:
-    """Render collectors to the Prometheus text format (0.0.4)."""
-    registry = CollectorRegistry(auto_describe=False)
+    """Render collectors to the Prometheus text format (0.0.4), the same bytes as
+    ``generate_latest`` of a registry holding them: the catalog's collectors through
+    render.py (label parts kept between refreshes), any other through prometheus_client."""
+    parts = []
     for collector in collectors:
-        registry.register(collector)
-    return generate_latest(registry)
+        if isinstance(collector, _CatalogCollector | SnapshotCollector):
+            parts.append(RENDERER.render(collector.samples()))
+        else:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(collector)
+            parts.append(generate_latest(registry))
+    return b"".join(parts)
 
 
 _PROCESS_REGISTRY = CollectorRegistry(auto_describe=False)
