@@ -229,3 +229,33 @@ def test_nan_and_negative_zero_survive_the_integer_memo():
     body = TextRenderer().render([ours])
     assert body == reference(expected)
     assert b'{i="1"} -0.0\n' in body and b'{i="0"} 0.0\n' in body
+
+
+def test_a_slice_whose_class_set_changes_between_refreshes():
+    # The kept label parts of a block are keyed by the slice-window and its class set: a
+    # class appearing (or folded away) renders its own cells, never the old set's labels.
+    from confusion_exporter.stats.classification import classification_metrics
+
+    rich = metric_snapshots.snapshot()
+    (monitor,) = rich.monitors.values()
+    (piece,) = monitor.slices
+
+    def with_classes(classes: tuple[str, ...]) -> Snapshot:
+        k = len(classes)
+        matrix = np.arange(k * k, dtype=np.int64).reshape(k, k)
+        windows = {}
+        for name, window in piece.windows.items():
+            counts = dataclasses.replace(
+                window.counts, classes=classes, matrix=matrix, unlabeled=np.zeros(k, np.int64)
+            )
+            windows[name] = dataclasses.replace(
+                window, counts=counts, metrics=classification_metrics(matrix), thresholds=()
+            )
+        changed = dataclasses.replace(piece, windows=windows, shift=None)
+        return Snapshot(rich.taken_at, {monitor.name: dataclasses.replace(monitor, slices=(changed,))})
+
+    for classes in [("a", "b"), ("a", "b", "c"), ("b", "c"), ("a", "b")]:
+        collector = SnapshotCollector(with_classes(classes))
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)
+        assert render(collector) == generate_latest(registry), classes

@@ -12,7 +12,7 @@ and a render formats values only. tests/test_render.py compares the output with
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .metric_catalog import Family
@@ -29,6 +29,8 @@ def go_float(value: float) -> str:
     -Inf, Python's shortest repr otherwise (``1.0``, ``-0.0``, ``1e-300``), except that a
     positive number with more than 6 integer digits switches to an exponent as Go does."""
     number = float(value)
+    if -_INF < number < 1e6:  # the common case: finite and short (NaN is not in any range)
+        return repr(number)
     if number != number:
         return "NaN"
     if number == _INF:
@@ -52,18 +54,83 @@ def escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
+class _Block:
+    """Samples of one family sharing leading label values (``base``): a slice-window's matrix
+    cells, its per-class figures. ``group`` names the trailing label values (``suffixes``,
+    e.g. the class set), so the block's label parts are kept under (base, group) and a hit
+    costs one lookup for the whole block."""
+
+    __slots__ = ("base", "group", "suffixes", "values", "counts")
+
+    def __init__(
+        self,
+        base: tuple[str, ...],
+        group: Hashable,
+        suffixes: Sequence[tuple[str, ...]],
+        values: list[Any],
+        counts: bool,
+    ):
+        self.base, self.group, self.suffixes, self.values = base, group, suffixes, values
+        self.counts = counts
+
+
 class Samples:
     """A family being filled for the renderer: ``add_metric`` as on prometheus_client's
-    families, but it keeps only (label values, value) pairs."""
+    families, but it keeps only (label values, value) pairs, or blocks of them."""
 
     __slots__ = ("family", "rows")
 
     def __init__(self, family: Family):
         self.family = family
-        self.rows: list[tuple[tuple[str, ...], Any]] = []
+        self.rows: list[tuple[tuple[str, ...], Any] | _Block] = []
 
     def add_metric(self, labels: Sequence[str], value: Any) -> None:
         self.rows.append((tuple(labels), value))
+
+    def add_block(
+        self,
+        base: tuple[str, ...],
+        group: Hashable,
+        suffixes: Sequence[tuple[str, ...]],
+        values: list[Any],
+        counts: bool = False,
+    ) -> None:
+        """Samples labelled ``(*base, *suffix)`` for each suffix, in order, with ``values``;
+        ``suffixes`` must be the same whenever ``group`` is. ``counts``: every value is an
+        int (then a zero can be memoised: an int has no -0.0)."""
+        self.rows.append(_Block(base, group, suffixes, values, counts))
+
+
+def add_block(
+    family: Any,
+    base: tuple[str, ...],
+    group: Hashable,
+    suffixes: Sequence[tuple[str, ...]],
+    values: list[Any],
+    counts: bool = False,
+) -> None:
+    """``Samples.add_block`` on the renderer's families, one add_metric per sample on
+    prometheus_client's (the reference path: ``collect()``)."""
+    if isinstance(family, Samples):
+        family.add_block(base, group, suffixes, values, counts)
+    else:
+        for suffix, value in zip(suffixes, values, strict=True):
+            family.add_metric((*base, *suffix), value)
+
+
+def _texts(values: list[Any], memo: dict[Any, str], zeros: bool) -> list[str]:
+    """The values' texts, looked up in ``memo`` at C speed, the misses formatted and kept.
+    Never kept: NaN (it equals nothing, not even itself) and, unless ``zeros``, a zero, since
+    0 == -0.0 == False share one key but not one text."""
+    texts: list[Any] = list(map(memo.get, values))
+    if None in texts:
+        for i, known in enumerate(texts):
+            if known is None:
+                value = values[i]
+                texts[i] = known = go_float(value)
+                if value == value and (zeros or value):
+                    memo[value] = known
+    return texts
 
 
 class _LabelParts:
@@ -77,6 +144,7 @@ class _LabelParts:
         self.order = sorted(range(len(names)), key=names.__getitem__)
         self.names = names
         self.parts: dict[tuple[str, ...], str] = {}
+        self.blocks: dict[tuple[tuple[str, ...], Hashable], list[str]] = {}
         self.header = (
             f"# HELP {self.sample_name} {escape_help(family.help)}\n"
             f"# TYPE {self.sample_name} {'gauge' if family.kind == 'info' else family.kind}\n"
@@ -123,27 +191,48 @@ class TextRenderer:
         lines = self._parts(samples.family)
         rows = samples.rows
         if samples.family.kind == "info":
-            return lines.header + "".join(lines.info_line(labels, info) for labels, info in rows)
-        cache = lines.parts
+            info_rows: list[Any] = rows  # info families take add_metric only
+            return lines.header + "".join(lines.info_line(labels, info) for labels, info in info_rows)
+        cache, blocks = lines.parts, lines.blocks
         build = lines.build
-        ints: dict[int, str] = {}  # counts repeat a lot; ints only: 0 == -0.0 would collide
+        counts: dict[Any, str] = {}  # blocks of ints: counts repeat a lot
+        floats: dict[Any, str] = {}  # anything else, zeros and NaN excluded (_texts)
+
+        def text(value: Any) -> str:
+            known = floats.get(value)
+            if known is None:
+                known = go_float(value)
+                if value == value and value:  # as in _texts
+                    floats[value] = known
+            return known
+
         out = [lines.header]
         append = out.append
-        for labels, value in rows:
+        for row in rows:
+            if type(row) is _Block:
+                key = (row.base, row.group)
+                prefixes = blocks.get(key)
+                if prefixes is None:
+                    base = row.base
+                    prefixes = blocks[key] = [build((*base, *suffix)) for suffix in row.suffixes]
+                if len(prefixes) != len(row.values):
+                    raise ValueError(
+                        f"{lines.sample_name}: a block of {len(row.values)} values for {len(prefixes)} series"
+                    )
+                texts = _texts(row.values, counts if row.counts else floats, zeros=row.counts)
+                append("\n".join(map(str.__add__, prefixes, texts)))
+                append("\n")
+                continue
+            labels, value = row  # type: ignore[misc]
             prefix = cache.get(labels)
             if prefix is None:
                 prefix = cache[labels] = build(labels)
-            if type(value) is int:
-                text = ints.get(value)
-                if text is None:
-                    text = ints[value] = go_float(value)
-            else:
-                text = go_float(value)
             append(prefix)
-            append(text)
+            append(text(value))
             append("\n")
-        if len(cache) > _SLACK * len(rows) + 64:
-            lines.parts = {labels: cache[labels] for labels, _ in rows}
+        if len(cache) + len(blocks) > _SLACK * len(rows) + 64:
+            lines.parts = {row[0]: cache[row[0]] for row in rows if type(row) is tuple}
+            lines.blocks = {(b.base, b.group): blocks[(b.base, b.group)] for b in rows if type(b) is _Block}
         return "".join(out)
 
 
