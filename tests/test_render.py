@@ -259,3 +259,23 @@ def test_a_slice_whose_class_set_changes_between_refreshes():
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)
         assert render(collector) == generate_latest(registry), classes
+
+
+def test_blocks_render_as_their_samples_would_empty_ones_included():
+    from confusion_exporter.render import add_block
+
+    family = _hostile_family("gauge")
+    ours, expected = Samples(family), GaugeMetricFamily(family.name, family.help, labels=list(family.labels))
+    suffixes = tuple((label,) for label in HOSTILE_LABELS)
+    for target in (ours, expected):
+        add_block(target, ("b", "a"), "empty", (), [])  # nothing to write, not a blank line
+        add_block(target, ('x"', "y\n"), "all", suffixes, list(HOSTILE_VALUES[: len(suffixes)]))
+        target.add_metric(["single", "", ""], -0.0)
+        add_block(target, ("b", "a"), "empty", (), [])
+        if isinstance(target, Samples):
+            target.add_block(("c", "d"), "counts", suffixes[:3], [0, 10**17 + 3, -5], counts=True)
+        else:
+            add_block(target, ("c", "d"), "counts", suffixes[:3], [0, 10**17 + 3, -5])
+    body = TextRenderer().render([ours])
+    assert body == reference(expected)
+    assert b"\n\n" not in body

@@ -118,18 +118,14 @@ def add_block(
             family.add_metric((*base, *suffix), value)
 
 
-def _texts(values: list[Any], memo: dict[Any, str], zeros: bool) -> list[str]:
-    """The values' texts, looked up in ``memo`` at C speed, the misses formatted and kept.
-    Never kept: NaN (it equals nothing, not even itself) and, unless ``zeros``, a zero, since
-    0 == -0.0 == False share one key but not one text."""
+def _count_texts(values: list[int], memo: dict[int, str]) -> list[str]:
+    """Counts' texts, looked up in ``memo`` at C speed, the misses formatted and kept (ints
+    only: 0 == -0.0 share a key but not a text, so a float must never reach this memo)."""
     texts: list[Any] = list(map(memo.get, values))
     if None in texts:
         for i, known in enumerate(texts):
             if known is None:
-                value = values[i]
-                texts[i] = known = go_float(value)
-                if value == value and (zeros or value):
-                    memo[value] = known
+                texts[i] = memo[values[i]] = go_float(values[i])
     return texts
 
 
@@ -195,14 +191,15 @@ class TextRenderer:
             return lines.header + "".join(lines.info_line(labels, info) for labels, info in info_rows)
         cache, blocks = lines.parts, lines.blocks
         build = lines.build
-        counts: dict[Any, str] = {}  # blocks of ints: counts repeat a lot
-        floats: dict[Any, str] = {}  # anything else, zeros and NaN excluded (_texts)
+        counts: dict[int, str] = {}  # blocks of ints: counts repeat a lot
+        # single samples: zeros (0 == -0.0) and NaN (equal to nothing) never kept
+        floats: dict[Any, str] = {}
 
         def text(value: Any) -> str:
             known = floats.get(value)
             if known is None:
                 known = go_float(value)
-                if value == value and value:  # as in _texts
+                if value == value and value:
                     floats[value] = known
             return known
 
@@ -210,6 +207,8 @@ class TextRenderer:
         append = out.append
         for row in rows:
             if type(row) is _Block:
+                if not row.values:  # e.g. a shift report without moved cells: no lines at all
+                    continue
                 key = (row.base, row.group)
                 prefixes = blocks.get(key)
                 if prefixes is None:
@@ -219,7 +218,8 @@ class TextRenderer:
                     raise ValueError(
                         f"{lines.sample_name}: a block of {len(row.values)} values for {len(prefixes)} series"
                     )
-                texts = _texts(row.values, counts if row.counts else floats, zeros=row.counts)
+                # measured values rarely repeat: a memo only pays for counts
+                texts = _count_texts(row.values, counts) if row.counts else map(go_float, row.values)
                 append("\n".join(map(str.__add__, prefixes, texts)))
                 append("\n")
                 continue
