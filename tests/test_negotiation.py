@@ -232,3 +232,22 @@ def test_a_real_prometheus_reads_the_gzipped_openmetrics(exporter, prometheus_bi
         assert metadata["confusion_exporter_build"][0]["type"] == "info"
     finally:
         prometheus.stop()
+
+
+def test_openmetrics_headers_of_hostile_help_texts():
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    gauge = GaugeMetricFamily(
+        "test_gauge", 'quotes "q", a \\ backslash,\na newline, \u2028 and \r', labels=["a"]
+    )
+    gauge.add_metric(['v"\\\n'], float("nan"))
+    counter = CounterMetricFamily("test_events", 'counted "things"', labels=["a"])
+    counter.add_metric(["x"], 3)
+
+    class Fixed:
+        def collect(self):
+            return [gauge, counter]
+
+    registry = _registry(Fixed())
+    text = generate_latest(registry)
+    assert formats.to_openmetrics(text) + formats.EOF == om_exposition.generate_latest(registry)

@@ -107,7 +107,8 @@ def compress(text: bytes, parts: Segments) -> Compressed:
 
 def openmetrics_header(header: bytes) -> bytes:
     """A family's text ``# HELP``/``# TYPE`` lines as OpenMetrics writes them."""
-    help_line, type_line = header.decode("utf-8").splitlines()
+    # split at "\n" only: splitlines() would also cut at a \r or U+2028 inside a help text
+    help_line, type_line = header.decode("utf-8").removesuffix("\n").split("\n")
     sample_name, _, help_text = help_line[len("# HELP ") :].partition(" ")
     kind = type_line.rsplit(" ", 1)[1]
     name = sample_name
