@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from . import exposition_formats as formats
 from .matrices import SliceKey, WindowCounts
 from .stats import sequential as seq
 from .stats.calibration import ConfidenceSummary
@@ -100,13 +102,45 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Published:
-    """What the web server serves; replaced as a whole, never mutated."""
+    """What the web server serves; replaced as a whole, never mutated (but for the
+    OpenMetrics forms, derived on the first scrape that asks for them and kept here).
+
+    Built once per refresh: the text exposition joined, and compressed as gzip members
+    (exposition_formats.py), so a scrape only picks bytes."""
 
     snapshot: Snapshot | None
     snapshot_bytes: bytes
     health_bytes: bytes
     metrics_bytes: bytes = field(init=False, repr=False)
+    metrics_gzip: bytes = field(init=False, repr=False)
+    _segments: formats.Segments = field(init=False, repr=False, compare=False)
+    _compressed: formats.Compressed = field(init=False, repr=False, compare=False)
+    _openmetrics: dict[bool, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Joined once here, not on every scrape: the exposition can be megabytes.
-        object.__setattr__(self, "metrics_bytes", self.snapshot_bytes + self.health_bytes)
+        text = self.snapshot_bytes + self.health_bytes
+        parts = formats.segments(text)
+        compressed = formats.compress(text, parts)
+        object.__setattr__(self, "metrics_bytes", text)
+        object.__setattr__(self, "_segments", parts)
+        object.__setattr__(self, "_compressed", compressed)
+        object.__setattr__(self, "metrics_gzip", compressed.body)
+
+    def openmetrics(self, gzipped: bool) -> bytes:
+        """The exposition in OpenMetrics (without ``# EOF``: per-scrape lines follow), plain or
+        as gzip members; derived on the first call for each and kept, one derivation at a time."""
+        body = self._openmetrics.get(gzipped)
+        if body is None:
+            with self._lock:
+                body = self._openmetrics.get(gzipped)
+                if body is None:
+                    text, parts = self.metrics_bytes, self._segments
+                    body = (
+                        formats.openmetrics_gzip(text, self._compressed)
+                        if gzipped
+                        else formats.openmetrics(text, parts)
+                    )
+                    self._openmetrics[gzipped] = body
+        return body

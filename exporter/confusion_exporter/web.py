@@ -11,8 +11,10 @@ from collections.abc import Callable
 from urllib.parse import parse_qs, quote, urlsplit
 
 from . import __version__
+from . import exposition_formats as formats
 from .exposition import CONTENT_TYPE, render_client_errors, render_process
 from .httpserver import BufferedRequestHandler, EndpointServer
+from .negotiation import accepts_gzip, wants_openmetrics
 from .snapshot import Published, SequentialResult, Snapshot, WindowResult
 from .stats.sequential import sentence
 from .stats.shift import ShiftReport
@@ -254,15 +256,7 @@ def make_server(
                 )
                 return
             if path == "/metrics":
-                # Parts, not one concatenation: a copy of a multi-megabyte exposition per
-                # concurrent scrape is what would make memory grow with the scrape load.
-                self._send(
-                    200,
-                    CONTENT_TYPE,
-                    published().metrics_bytes,
-                    render_process(),
-                    render_client_errors(self.server.client_errors.counts()),
-                )
+                self._metrics()
             elif path == "/healthz":
                 ok = healthy()
                 current = published()
@@ -296,6 +290,28 @@ def make_server(
                     self._send(200, kind, page)
             else:
                 self._send(404, "text/plain; charset=utf-8", b"not found\n")
+
+        def _metrics(self) -> None:
+            """The published exposition, in the format and encoding the scrape asked for, and
+            the few per-scrape lines (process, client errors) after it: bytes picked, never
+            rendered here but for those lines."""
+            current = published()
+            gzipped = accepts_gzip(self.headers.get("Accept-Encoding"))
+            tail = render_process() + render_client_errors(self.server.client_errors.counts())
+            if wants_openmetrics(self.headers.get("Accept")):
+                content_type, body = formats.OPENMETRICS_CONTENT_TYPE, current.openmetrics(gzipped)
+                tail = formats.to_openmetrics(tail) + formats.EOF
+            else:
+                content_type = CONTENT_TYPE
+                body = current.metrics_gzip if gzipped else current.metrics_bytes
+            headers = {"Vary": "Accept, Accept-Encoding"}
+            if gzipped:
+                # one more gzip member after the published ones (exposition_formats.py)
+                tail = formats.gzip_member(tail)
+                headers["Content-Encoding"] = "gzip"
+            # Parts, not one concatenation: a copy of a multi-megabyte exposition per
+            # concurrent scrape is what would make memory grow with the scrape load.
+            self._send(200, content_type, body, tail, headers=headers)
 
         def _send(
             self, status: int, content_type: str, *parts: bytes, headers: dict[str, str] | None = None
