@@ -62,6 +62,7 @@ bench: install tools ## benchmarks that print figures (about 9 min; 10M rows and
 	$(BIN)/python benchmarks/scrape_load.py
 	$(BIN)/python benchmarks/rollup_benchmark.py --rows 1000000 --repeat 3
 	$(BIN)/python benchmarks/fleet_benchmark.py --refreshes 3
+	$(BIN)/python benchmarks/exposition_benchmark.py
 
 study: install ## issue 15's study: false pages and delays of the whole shift page (about 21 min on 2 idle cores, 67 min loaded; docs/statistics.md)
 	$(BIN)/python benchmarks/false_pages.py --whole-page --months 4 --reps 12
