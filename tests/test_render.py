@@ -279,3 +279,28 @@ def test_blocks_render_as_their_samples_would_empty_ones_included():
     body = TextRenderer().render([ours])
     assert body == reference(expected)
     assert b"\n\n" not in body
+
+
+def test_an_empty_block_survives_the_cache_being_trimmed():
+    """A refresh with far fewer series than the last trims the kept label parts; an empty block
+    (a shift report without moved cells) was never kept and must not break the trim (found by
+    the live sequential tests: a KeyError in the refresh)."""
+    from confusion_exporter.render import add_block
+
+    family = _hostile_family("gauge")
+    renderer = TextRenderer()
+
+    def refresh(singles: int) -> tuple[bytes, bytes]:
+        ours, expected = (
+            Samples(family),
+            GaugeMetricFamily(family.name, family.help, labels=list(family.labels)),
+        )
+        for target in (ours, expected):
+            add_block(target, ("b", "a"), "empty", (), [])
+            for i in range(singles):
+                target.add_metric([f"s{i}", "", ""], float(i))
+        return renderer.render([ours]), reference(expected)
+
+    for singles in (500, 3):  # the second is below the trim threshold of the first's cache
+        body, expected = refresh(singles)
+        assert body == expected

@@ -232,7 +232,12 @@ class TextRenderer:
             append("\n")
         if len(cache) + len(blocks) > _SLACK * len(rows) + 64:
             lines.parts = {row[0]: cache[row[0]] for row in rows if type(row) is tuple}
-            lines.blocks = {(b.base, b.group): blocks[(b.base, b.group)] for b in rows if type(b) is _Block}
+            # An empty block was skipped above and never cached: nothing to keep for it.
+            lines.blocks = {
+                (b.base, b.group): blocks[(b.base, b.group)]
+                for b in rows
+                if type(b) is _Block and (b.base, b.group) in blocks
+            }
         return "".join(out)
 
 
